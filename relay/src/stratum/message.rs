@@ -5,7 +5,7 @@
 //! pool to a client (jobs, difficulty) are rare and parsed with serde_json.
 
 use super::error::{ErrorCode, ProtocolError, StratumError};
-use super::scan::scan_envelope;
+use super::scan::{scan_envelope, scan_into, InlineParams};
 use crate::work::{CompactTarget, Difficulty, Extranonce, Job, JobId, PrevHash, VersionMask};
 use serde_json::{json, Value};
 use std::borrow::Cow;
@@ -169,7 +169,10 @@ fn str_param<'a>(method: &str, field: &str, raw: &'a str) -> Result<Cow<'a, str>
     if !b.is_empty() && (b[0] == b'-' || b[0].is_ascii_digit()) {
         return Ok(Cow::Borrowed(raw));
     }
-    Err(p_err(method, format!("{field} must be a string, got {raw}")))
+    Err(p_err(
+        method,
+        format!("{field} must be a string, got {raw}"),
+    ))
 }
 
 fn opt_str_param<'a>(
@@ -185,7 +188,37 @@ fn opt_str_param<'a>(
 }
 
 /// A 32-bit field sent as exactly 8 hex characters, big-endian (ntime, nonce, version bits).
+#[inline]
 fn hex_u32(method: &str, field: &str, raw: &str) -> Result<u32, ProtocolError> {
+    // The usual form, a quoted string of 8 hex digits, decoded directly; the rest (and every
+    // error) goes the general way.
+    if let [b'"', digits @ .., b'"'] = raw.as_bytes() {
+        if let Some(v) = decode_hex_u32(digits) {
+            return Ok(v);
+        }
+    }
+    hex_u32_general(method, field, raw)
+}
+
+/// Exactly 8 hex digits (either case) as a big-endian u32.
+#[inline]
+fn decode_hex_u32(digits: &[u8]) -> Option<u32> {
+    if digits.len() != 8 {
+        return None;
+    }
+    digits.iter().try_fold(0u32, |acc, &c| {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            b'A'..=b'F' => c - b'A' + 10,
+            _ => return None,
+        };
+        Some(acc << 4 | d as u32)
+    })
+}
+
+#[cold]
+fn hex_u32_general(method: &str, field: &str, raw: &str) -> Result<u32, ProtocolError> {
     let s = str_param(method, field, raw)?;
     if s.len() != 8 {
         return Err(p_err(
@@ -212,12 +245,15 @@ impl<'a> Request<'a> {
             id: RequestId::Null,
             error: ProtocolError::NotUtf8,
         })?;
-        let env = scan_envelope(text).map_err(|e| ParseFailure {
+        // Parameters stay on the stack: no allocation on the share path.
+        let mut inline = InlineParams::new();
+        let mut has_params = false;
+        let head = scan_into(text, &mut inline, &mut has_params).map_err(|e| ParseFailure {
             id: RequestId::Null,
             error: e.into(),
         })?;
-        let id = env.id.map(RequestId::from_raw).unwrap_or(RequestId::Null);
-        let method = match env.method {
+        let id = head.id.map(RequestId::from_raw).unwrap_or(RequestId::Null);
+        let method = match head.method {
             Some(m) => m,
             None => {
                 return Err(ParseFailure {
@@ -226,7 +262,16 @@ impl<'a> Request<'a> {
                 })
             }
         };
-        match parse_body(method, &env.params) {
+        let body = match inline.as_slice() {
+            Some(params) => parse_body(method, params),
+            // More parameters than any Stratum method takes: rescan into a Vec, which gives the
+            // same errors (the line already scanned once, so this cannot fail).
+            None => match scan_envelope(text) {
+                Ok(env) => parse_body(method, &env.params),
+                Err(e) => Err(e.into()),
+            },
+        };
+        match body {
             Ok(body) => Ok(Request { id, body }),
             Err(error) => Err(ParseFailure { id, error }),
         }
@@ -291,12 +336,15 @@ impl<'a> Request<'a> {
                 }
                 ("mining.configure", json!([names, params]))
             }
-            ClientRequest::SuggestDifficulty(d) => ("mining.suggest_difficulty", json!([d.value()])),
+            ClientRequest::SuggestDifficulty(d) => {
+                ("mining.suggest_difficulty", json!([d.value()]))
+            }
             ClientRequest::ExtranonceSubscribe => ("mining.extranonce.subscribe", json!([])),
             ClientRequest::Ping => ("mining.ping", json!([])),
             ClientRequest::Unknown(m) => (m.as_ref(), json!([])),
         };
-        let mut s = json!({"id": self.id.to_value(), "method": method, "params": params}).to_string();
+        let mut s =
+            json!({"id": self.id.to_value(), "method": method, "params": params}).to_string();
         s.push('\n');
         s
     }
@@ -374,7 +422,9 @@ fn parse_configure(p: &[&str]) -> Result<Configure, ProtocolError> {
             "version-rolling" => {
                 let mask = match params.get("version-rolling.mask") {
                     Some(Value::String(s)) => u32::from_str_radix(s.trim_start_matches("0x"), 16)
-                        .map_err(|_| p_err(M, format!("version-rolling.mask is not hex: '{s}'")))?,
+                        .map_err(|_| {
+                        p_err(M, format!("version-rolling.mask is not hex: '{s}'"))
+                    })?,
                     Some(other) => {
                         return Err(p_err(
                             M,
@@ -386,7 +436,10 @@ fn parse_configure(p: &[&str]) -> Result<Configure, ProtocolError> {
                 };
                 let min_bit_count = match params.get("version-rolling.min-bit-count") {
                     Some(v) => v.as_u64().ok_or_else(|| {
-                        p_err(M, format!("version-rolling.min-bit-count must be an integer, got {v}"))
+                        p_err(
+                            M,
+                            format!("version-rolling.min-bit-count must be an integer, got {v}"),
+                        )
                     })? as u32,
                     None => 0,
                 };
@@ -435,9 +488,9 @@ pub fn encode_error(id: &RequestId, err: &StratumError, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"id\":");
     id.write_json(out);
     let mut s = String::with_capacity(64);
-    let _ = write!(
+    let _ = writeln!(
         s,
-        ",\"result\":null,\"error\":[{},{},null]}}\n",
+        ",\"result\":null,\"error\":[{},{},null]}}",
         err.code.0,
         Value::String(err.message.to_string())
     );
@@ -445,6 +498,8 @@ pub fn encode_error(id: &RequestId, err: &StratumError, out: &mut Vec<u8>) {
 }
 
 /// A notification (or server-initiated request) from pool to miner.
+// Jobs dominate the size; notifications are rare and short-lived, so boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum ServerNotification {
     Notify(Job),
@@ -578,7 +633,10 @@ impl ServerMessage {
         let obj = v
             .as_object()
             .ok_or_else(|| ProtocolError::Other("message is not a JSON object".into()))?;
-        let id = obj.get("id").map(RequestId::from_value).unwrap_or(RequestId::Null);
+        let id = obj
+            .get("id")
+            .map(RequestId::from_value)
+            .unwrap_or(RequestId::Null);
         let method = match obj.get("method") {
             Some(Value::String(m)) => m.as_str(),
             Some(Value::Null) | None => {
@@ -608,7 +666,9 @@ impl ServerMessage {
                 }));
             }
             Some(other) => {
-                return Err(ProtocolError::Other(format!("method must be a string, got {other}")))
+                return Err(ProtocolError::Other(format!(
+                    "method must be a string, got {other}"
+                )))
             }
         };
         let empty = vec![];
@@ -677,9 +737,9 @@ impl ServerMessage {
                         as usize,
                 }
             }
-            "mining.set_version_mask" => {
-                ServerNotification::SetVersionMask(VersionMask(v_hex_u32(method, "mask", p.first())?))
-            }
+            "mining.set_version_mask" => ServerNotification::SetVersionMask(VersionMask(
+                v_hex_u32(method, "mask", p.first())?,
+            )),
             "client.reconnect" => ServerNotification::Reconnect {
                 host: p.first().and_then(Value::as_str).map(str::to_string),
                 port: p.get(1).and_then(|v| {
@@ -746,6 +806,50 @@ mod tests {
     }
 
     #[test]
+    fn submit_with_too_many_params_names_the_count() {
+        let f = Request::parse(
+            br#"{"id":9,"method":"mining.submit","params":["w","1","00","5e9a0b0c","deadbeef","1fffe000",1,2,3,4]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(f.id, RequestId::Number(9));
+        assert_eq!(
+            f.error.to_string(),
+            "mining.submit: expected 5 or 6 params, got 10"
+        );
+        // Methods that ignore extra params still parse when there are more than fit inline.
+        let r = Request::parse(
+            br#"{"id":1,"method":"mining.subscribe","params":["ua","s",1,2,3,4,5,6,7,8]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r.body,
+            ClientRequest::Subscribe {
+                user_agent: Some("ua".into()),
+                session_id: Some("s".into())
+            }
+        );
+    }
+
+    #[test]
+    fn hex_u32_fast_path_agrees_with_the_general_one() {
+        for s in ["00000000", "ffffffff", "DEADbeef", "0a0B0c0D", "12345678"] {
+            let quoted = format!("\"{s}\"");
+            assert_eq!(
+                hex_u32("m", "f", &quoted).unwrap(),
+                hex_u32_general("m", "f", &quoted).unwrap()
+            );
+        }
+        for bad in [
+            "\"+1234567\"",
+            "\"1234567g\"",
+            "\"123456789\"",
+            "\" 1234567\"",
+        ] {
+            assert!(hex_u32("m", "f", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn submit_errors_name_the_field() {
         let f = Request::parse(
             br#"{"id":9,"method":"mining.submit","params":["w","1","00","5e9a0b0","deadbeef"]}"#,
@@ -756,20 +860,33 @@ mod tests {
             f.error.to_string(),
             "mining.submit: ntime has 7 hex characters, expected 8"
         );
-        let f = Request::parse(br#"{"id":9,"method":"mining.submit","params":["w","1","zz","5e9a0b0c","deadbeef"]}"#)
-            .unwrap_err();
+        let f = Request::parse(
+            br#"{"id":9,"method":"mining.submit","params":["w","1","zz","5e9a0b0c","deadbeef"]}"#,
+        )
+        .unwrap_err();
         assert!(f.error.to_string().contains("extranonce2"), "{}", f.error);
-        let f = Request::parse(br#"{"id":9,"method":"mining.submit","params":["w","1"]}"#).unwrap_err();
-        assert_eq!(f.error.to_string(), "mining.submit: expected 5 or 6 params, got 2");
-        let f = Request::parse(br#"{"id":9,"method":"mining.submit","params":["w","1","00","5e9a0b0c","xxxxxxxx"]}"#)
-            .unwrap_err();
-        assert_eq!(f.error.to_string(), "mining.submit: nonce is not hex: 'xxxxxxxx'");
+        let f =
+            Request::parse(br#"{"id":9,"method":"mining.submit","params":["w","1"]}"#).unwrap_err();
+        assert_eq!(
+            f.error.to_string(),
+            "mining.submit: expected 5 or 6 params, got 2"
+        );
+        let f = Request::parse(
+            br#"{"id":9,"method":"mining.submit","params":["w","1","00","5e9a0b0c","xxxxxxxx"]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            f.error.to_string(),
+            "mining.submit: nonce is not hex: 'xxxxxxxx'"
+        );
     }
 
     #[test]
     fn subscribe_authorize_suggest_and_configure() {
-        let r = Request::parse(br#"{"id":1,"method":"mining.subscribe","params":["bmminer/2.0.0","deadbeef"]}"#)
-            .unwrap();
+        let r = Request::parse(
+            br#"{"id":1,"method":"mining.subscribe","params":["bmminer/2.0.0","deadbeef"]}"#,
+        )
+        .unwrap();
         assert_eq!(
             r.body,
             ClientRequest::Subscribe {
@@ -785,8 +902,9 @@ mod tests {
                 session_id: None
             }
         );
-        let r = Request::parse(br#"{"id":2,"method":"mining.authorize","params":["acct.rig1",null]}"#)
-            .unwrap();
+        let r =
+            Request::parse(br#"{"id":2,"method":"mining.authorize","params":["acct.rig1",null]}"#)
+                .unwrap();
         assert_eq!(
             r.body,
             ClientRequest::Authorize {
@@ -794,8 +912,12 @@ mod tests {
                 password: None
             }
         );
-        let r = Request::parse(br#"{"id":3,"method":"mining.suggest_difficulty","params":[512]}"#).unwrap();
-        assert_eq!(r.body, ClientRequest::SuggestDifficulty(Difficulty::new(512.0).unwrap()));
+        let r = Request::parse(br#"{"id":3,"method":"mining.suggest_difficulty","params":[512]}"#)
+            .unwrap();
+        assert_eq!(
+            r.body,
+            ClientRequest::SuggestDifficulty(Difficulty::new(512.0).unwrap())
+        );
         let r = Request::parse(
             br#"{"id":4,"method":"mining.configure","params":[["version-rolling","minimum-difficulty","subscribe-extranonce","x-unknown"],{"version-rolling.mask":"ffffffff","version-rolling.min-bit-count":2,"minimum-difficulty.value":2048}]}"#,
         )
@@ -812,10 +934,15 @@ mod tests {
                 unknown: vec!["x-unknown".into()],
             })
         );
-        let r = Request::parse(br#"{"id":5,"method":"mining.extranonce.subscribe","params":[]}"#).unwrap();
+        let r = Request::parse(br#"{"id":5,"method":"mining.extranonce.subscribe","params":[]}"#)
+            .unwrap();
         assert_eq!(r.body, ClientRequest::ExtranonceSubscribe);
-        let r = Request::parse(br#"{"id":6,"method":"mining.get_transactions","params":[]}"#).unwrap();
-        assert_eq!(r.body, ClientRequest::Unknown("mining.get_transactions".into()));
+        let r =
+            Request::parse(br#"{"id":6,"method":"mining.get_transactions","params":[]}"#).unwrap();
+        assert_eq!(
+            r.body,
+            ClientRequest::Unknown("mining.get_transactions".into())
+        );
     }
 
     #[test]
@@ -887,7 +1014,8 @@ mod tests {
     }
 
     fn arb_extranonce() -> impl Strategy<Value = Extranonce> {
-        proptest::collection::vec(any::<u8>(), 0..8).prop_map(|v| Extranonce::from_slice(&v).unwrap())
+        proptest::collection::vec(any::<u8>(), 0..8)
+            .prop_map(|v| Extranonce::from_slice(&v).unwrap())
     }
 
     fn arb_name() -> impl Strategy<Value = String> {
@@ -901,7 +1029,14 @@ mod tests {
             "[a-z0-9]{1,8}".prop_map(|s| RequestId::Raw(format!("\"{s}\"").into())),
         ];
         let body = prop_oneof![
-            (arb_name(), arb_name(), arb_extranonce(), any::<u32>(), any::<u32>(), proptest::option::of(any::<u32>()))
+            (
+                arb_name(),
+                arb_name(),
+                arb_extranonce(),
+                any::<u32>(),
+                any::<u32>(),
+                proptest::option::of(any::<u32>())
+            )
                 .prop_map(|(w, j, e, t, n, v)| ClientRequest::Submit(Submit {
                     worker: w.into(),
                     job_id: j.into(),
@@ -910,23 +1045,36 @@ mod tests {
                     nonce: n,
                     version_bits: v
                 })),
-            (arb_name(), proptest::option::of(arb_name())).prop_map(|(u, s)| ClientRequest::Subscribe {
-                user_agent: Some(u.into()),
-                session_id: s.map(Into::into)
+            (arb_name(), proptest::option::of(arb_name())).prop_map(|(u, s)| {
+                ClientRequest::Subscribe {
+                    user_agent: Some(u.into()),
+                    session_id: s.map(Into::into),
+                }
             }),
             (arb_name(), arb_name()).prop_map(|(u, p)| ClientRequest::Authorize {
                 username: u.into(),
                 password: Some(p.into())
             }),
-            (1u32..1_000_000).prop_map(|d| ClientRequest::SuggestDifficulty(Difficulty::new(d as f64 / 8.0).unwrap())),
-            (any::<u32>(), 0u32..16, any::<bool>(), proptest::option::of(1u32..100000)).prop_map(|(m, b, x, d)| {
-                ClientRequest::Configure(Configure {
-                    version_rolling: Some(VersionRollingRequest { mask: VersionMask(m), min_bit_count: b }),
-                    minimum_difficulty: d.map(|d| Difficulty::new(d as f64).unwrap()),
-                    subscribe_extranonce: x,
-                    unknown: vec![],
-                })
-            }),
+            (1u32..1_000_000).prop_map(|d| ClientRequest::SuggestDifficulty(
+                Difficulty::new(d as f64 / 8.0).unwrap()
+            )),
+            (
+                any::<u32>(),
+                0u32..16,
+                any::<bool>(),
+                proptest::option::of(1u32..100000)
+            )
+                .prop_map(|(m, b, x, d)| {
+                    ClientRequest::Configure(Configure {
+                        version_rolling: Some(VersionRollingRequest {
+                            mask: VersionMask(m),
+                            min_bit_count: b,
+                        }),
+                        minimum_difficulty: d.map(|d| Difficulty::new(d as f64).unwrap()),
+                        subscribe_extranonce: x,
+                        unknown: vec![],
+                    })
+                }),
             Just(ClientRequest::ExtranonceSubscribe),
         ];
         (id, body).prop_map(|(id, body)| Request { id, body })

@@ -1,0 +1,259 @@
+//! Configuration sections shared by `quarry-edge` and `quarry-core` (both run a Stratum port).
+//!
+//! Files are TOML. Unknown keys are errors (a typo must not silently fall back to a default),
+//! and every error names the file, the key and the reason.
+
+use crate::server::ServerConfig;
+use crate::session::SessionConfig;
+use crate::vardiff::VardiffConfig;
+use relay::pow::PowAlgorithm;
+use relay::work::{Difficulty, Extranonce, ExtranonceLayout, VersionMask};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: key `{key}`: {reason}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// Reads and parses a TOML file; parse errors carry the key path and line from `toml`.
+pub fn load_toml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        file: file.to_path_buf(),
+        message: e.to_string().trim_end().replace('\n', "\n  "),
+    })
+}
+
+/// `[stratum]`: the miner-facing port.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StratumSection {
+    /// Address miners connect to.
+    pub listen: SocketAddr,
+    /// Connector threads; 0 = one per core.
+    pub threads: usize,
+    pub start_difficulty: f64,
+    pub min_difficulty: f64,
+    pub max_difficulty: f64,
+    pub target_shares_per_minute: f64,
+    /// Version bits miners may roll (BIP310), hex.
+    pub version_mask: String,
+    /// Seconds a superseded job on the current block still takes shares.
+    pub stale_grace_secs: u64,
+    /// If set, miners must send this password in mining.authorize.
+    pub password: Option<String>,
+}
+
+impl Default for StratumSection {
+    fn default() -> Self {
+        StratumSection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 3333)),
+            threads: 0,
+            start_difficulty: 1.0,
+            min_difficulty: 0.001,
+            max_difficulty: 1e12,
+            target_shares_per_minute: 18.0,
+            version_mask: "1fffe000".into(),
+            stale_grace_secs: 30,
+            password: None,
+        }
+    }
+}
+
+/// `[limits]`: protection against misbehaving or hostile clients.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_line_bytes: usize,
+    pub idle_timeout_secs: u64,
+    pub handshake_timeout_secs: u64,
+    /// Rejected shares in a row before the address is banned (0 = never).
+    pub ban_after_invalid: u32,
+    pub ban_secs: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            max_connections: 15_000,
+            max_connections_per_ip: 20_000,
+            max_line_bytes: relay::stratum::DEFAULT_MAX_LINE,
+            idle_timeout_secs: 600,
+            handshake_timeout_secs: 30,
+            ban_after_invalid: 100,
+            ban_secs: 600,
+        }
+    }
+}
+
+fn invalid(file: &Path, key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_path_buf(),
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+fn difficulty(file: &Path, key: &str, v: f64) -> Result<Difficulty, ConfigError> {
+    Difficulty::new(v).map_err(|e| invalid(file, key, e.to_string()))
+}
+
+/// Builds the server configuration, checking every value.
+pub fn server_config(
+    file: &Path,
+    stratum: &StratumSection,
+    limits: &LimitsSection,
+    algorithm: PowAlgorithm,
+    layout: ExtranonceLayout,
+    prefix: Extranonce,
+) -> Result<ServerConfig, ConfigError> {
+    let min = difficulty(file, "stratum.min_difficulty", stratum.min_difficulty)?;
+    let max = difficulty(file, "stratum.max_difficulty", stratum.max_difficulty)?;
+    let start = difficulty(file, "stratum.start_difficulty", stratum.start_difficulty)?;
+    if min > max {
+        return Err(invalid(
+            file,
+            "stratum.min_difficulty",
+            format!("{} is above max_difficulty {}", min, max),
+        ));
+    }
+    if !(stratum.target_shares_per_minute > 0.0 && stratum.target_shares_per_minute <= 600.0) {
+        return Err(invalid(
+            file,
+            "stratum.target_shares_per_minute",
+            "must be in (0, 600]",
+        ));
+    }
+    let mask =
+        u32::from_str_radix(stratum.version_mask.trim_start_matches("0x"), 16).map_err(|_| {
+            invalid(
+                file,
+                "stratum.version_mask",
+                format!("'{}' is not a hex mask", stratum.version_mask),
+            )
+        })?;
+    if limits.max_line_bytes < 512 {
+        return Err(invalid(
+            file,
+            "limits.max_line_bytes",
+            "must be at least 512 (a mining.submit line is ~150 bytes)",
+        ));
+    }
+    if limits.max_connections == 0 {
+        return Err(invalid(
+            file,
+            "limits.max_connections",
+            "must be at least 1",
+        ));
+    }
+    Ok(ServerConfig {
+        listen: stratum.listen,
+        threads: stratum.threads,
+        max_connections: limits.max_connections,
+        max_connections_per_ip: limits.max_connections_per_ip,
+        max_line_bytes: limits.max_line_bytes,
+        ban_duration: Duration::from_secs(limits.ban_secs),
+        max_pending_output: 1 << 20,
+        session: SessionConfig {
+            algorithm,
+            extranonce2_size: layout.extranonce2_len,
+            version_mask: VersionMask(mask),
+            start_difficulty: start.clamp(min, max),
+            vardiff: VardiffConfig {
+                target_shares_per_minute: stratum.target_shares_per_minute,
+                min,
+                max,
+                ..Default::default()
+            },
+            stale_grace: Duration::from_secs(stratum.stale_grace_secs),
+            password: stratum.password.clone(),
+            ban_after_invalid: limits.ban_after_invalid,
+            idle_timeout: Duration::from_secs(limits.idle_timeout_secs),
+            handshake_timeout: Duration::from_secs(limits.handshake_timeout_secs),
+            max_workers_per_connection: 64,
+        },
+        layout,
+        prefix,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(default)]
+        stratum: StratumSection,
+        #[serde(default)]
+        limits: LimitsSection,
+    }
+
+    fn load(text: &str) -> Result<ServerConfig, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("quarry-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("t{}.toml", text.len()));
+        std::fs::write(&path, text).unwrap();
+        let f: File = load_toml(&path)?;
+        let layout = ExtranonceLayout::default();
+        server_config(
+            &path,
+            &f.stratum,
+            &f.limits,
+            PowAlgorithm::Scrypt,
+            layout,
+            layout.edge_prefix(0, 0).unwrap(),
+        )
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = load("[stratum]\nlisten = \"127.0.0.1:1\"\nstart_dificulty = 4\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("start_dificulty"), "{msg}");
+        assert!(msg.contains(".toml"), "{msg}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_reason() {
+        let e = load("[stratum]\nmin_difficulty = 10\nmax_difficulty = 1\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("key `stratum.min_difficulty`: 10 is above max_difficulty 1"),
+            "{e}"
+        );
+        let e = load("[stratum]\nversion_mask = \"xyz\"\n").unwrap_err();
+        assert!(e.to_string().contains("stratum.version_mask"), "{e}");
+        let e = load("[limits]\nmax_connections = \"many\"\n").unwrap_err();
+        assert!(e.to_string().contains("max_connections"), "{e}");
+    }
+
+    #[test]
+    fn defaults_are_sane() {
+        let c = load("").unwrap();
+        assert_eq!(c.session.version_mask, VersionMask(0x1fffe000));
+        assert_eq!(c.max_connections, 15_000);
+    }
+}

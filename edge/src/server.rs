@@ -1,0 +1,607 @@
+//! The miner-facing Stratum server: thin mio event loops around [`Session`].
+//!
+//! One acceptor thread enforces the limits (total connections, connections per IP, bans) and
+//! hands accepted sockets round-robin to N connector threads. Each connector owns its sockets and
+//! their sessions outright — no locks on the share path — reads lines, lets the session answer,
+//! and writes the answer back at once. Accepted shares leave through a crossbeam channel. New
+//! work arrives as an immutable [`JobBook`] snapshot on each connector's channel.
+
+use crate::jobs::{JobBook, JobEntry};
+use crate::session::{CloseReason, Session, SessionConfig};
+use crate::share::ShareEvent;
+use crate::slots::SlotAllocator;
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
+use relay::stratum::LineFramer;
+use relay::work::{Extranonce, ExtranonceLayout};
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Settings of one Stratum port.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Connector threads; 0 means one per core.
+    pub threads: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_line_bytes: usize,
+    /// How long an address stays banned after an invalid-share flood.
+    pub ban_duration: Duration,
+    /// A miner that does not read its answers is dropped past this many unsent bytes.
+    pub max_pending_output: usize,
+    pub session: SessionConfig,
+    pub layout: ExtranonceLayout,
+    /// This port's extranonce prefix (shard ‖ lease).
+    pub prefix: Extranonce,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let layout = ExtranonceLayout::default();
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3333)),
+            threads: 0,
+            max_connections: 15_000,
+            max_connections_per_ip: 20_000,
+            max_line_bytes: relay::stratum::DEFAULT_MAX_LINE,
+            ban_duration: Duration::from_secs(600),
+            max_pending_output: 1 << 20,
+            session: SessionConfig::default(),
+            prefix: layout
+                .edge_prefix(0, 0)
+                .expect("default layout has room for shard 0 lease 0"),
+            layout,
+        }
+    }
+}
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// State shared by the acceptor and connectors, touched only on connect and disconnect.
+struct Admission {
+    connected: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    banned: Mutex<HashMap<IpAddr, Instant>>,
+    slots: Mutex<SlotAllocator>,
+}
+
+enum ConnectorMsg {
+    Conn(TcpStream, SocketAddr, u32, Extranonce),
+    Jobs(Arc<JobBook>),
+}
+
+/// A running server.
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    shutdown: Arc<AtomicBool>,
+    connectors: Vec<(Sender<ConnectorMsg>, Arc<Waker>)>,
+    acceptor_waker: Arc<Waker>,
+    book: Mutex<Arc<JobBook>>,
+    admission: Arc<Admission>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn connected(&self) -> usize {
+        self.admission.connected.load(Ordering::Relaxed)
+    }
+
+    /// The job book now in force.
+    pub fn book(&self) -> Arc<JobBook> {
+        self.book.lock().clone()
+    }
+
+    /// Publishes a new job to every connection.
+    pub fn publish(&self, entry: Arc<JobEntry>) {
+        let mut guard = self.book.lock();
+        let next = Arc::new(guard.with_job(entry, Instant::now()));
+        *guard = next.clone();
+        drop(guard);
+        for (tx, waker) in &self.connectors {
+            let _ = tx.send(ConnectorMsg::Jobs(next.clone()));
+            let _ = waker.wake();
+        }
+    }
+
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        let _ = self.acceptor_waker.wake();
+        for (_, w) in &self.connectors {
+            let _ = w.wake();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts the server; accepted shares and block candidates go to `shares`.
+pub fn start(cfg: ServerConfig, shares: Sender<ShareEvent>) -> io::Result<ServerHandle> {
+    let threads = if cfg.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        cfg.threads
+    };
+    let std_listener = std::net::TcpListener::bind(cfg.listen)?;
+    std_listener.set_nonblocking(true)?;
+    let local_addr = std_listener.local_addr()?;
+    let mut listener = TcpListener::from_std(std_listener);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let admission = Arc::new(Admission {
+        connected: AtomicUsize::new(0),
+        per_ip: Mutex::new(HashMap::new()),
+        banned: Mutex::new(HashMap::new()),
+        slots: Mutex::new(SlotAllocator::new(cfg.layout, cfg.prefix)),
+    });
+    let cfg = Arc::new(cfg);
+    let session_cfg = Arc::new(cfg.session.clone());
+    let mut connectors = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..threads {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        connectors.push((tx, waker));
+        let mut c = Connector {
+            poll,
+            rx,
+            conns: slab::Slab::new(),
+            book: Arc::new(JobBook::default()),
+            cfg: cfg.clone(),
+            session_cfg: session_cfg.clone(),
+            admission: admission.clone(),
+            shares: shares.clone(),
+            shutdown: shutdown.clone(),
+            events: Vec::new(),
+        };
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("stratum-conn-{i}"))
+                .spawn(move || c.run())?,
+        );
+    }
+    let apoll = Poll::new()?;
+    let acceptor_waker = Arc::new(Waker::new(apoll.registry(), WAKER)?);
+    apoll
+        .registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let acc = Acceptor {
+        poll: apoll,
+        listener,
+        targets: connectors.clone_senders(),
+        next: 0,
+        cfg: cfg.clone(),
+        admission: admission.clone(),
+        shutdown: shutdown.clone(),
+        refused_logged: 0,
+    };
+    handles.push(
+        std::thread::Builder::new()
+            .name("stratum-accept".into())
+            .spawn(move || acc.run())?,
+    );
+    tracing::info!(%local_addr, threads, max_connections = cfg.max_connections, "stratum server listening");
+    Ok(ServerHandle {
+        local_addr,
+        shutdown,
+        connectors,
+        acceptor_waker,
+        book: Mutex::new(Arc::new(JobBook::default())),
+        admission,
+        threads: handles,
+    })
+}
+
+trait CloneSenders {
+    fn clone_senders(&self) -> Vec<(Sender<ConnectorMsg>, Arc<Waker>)>;
+}
+impl CloneSenders for Vec<(Sender<ConnectorMsg>, Arc<Waker>)> {
+    fn clone_senders(&self) -> Vec<(Sender<ConnectorMsg>, Arc<Waker>)> {
+        self.iter().map(|(s, w)| (s.clone(), w.clone())).collect()
+    }
+}
+
+struct Acceptor {
+    poll: Poll,
+    listener: TcpListener,
+    targets: Vec<(Sender<ConnectorMsg>, Arc<Waker>)>,
+    next: usize,
+    cfg: Arc<ServerConfig>,
+    admission: Arc<Admission>,
+    shutdown: Arc<AtomicBool>,
+    refused_logged: u64,
+}
+
+impl Acceptor {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        while !self.shutdown.load(Ordering::Relaxed) {
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(500)))
+            {
+                if e.kind() != ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "acceptor poll failed");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                if ev.token() == LISTENER {
+                    self.accept_all();
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, reason: &'static str) {
+        metrics::counter!("quarry_edge_connections_refused_total", "reason" => reason).increment(1);
+        // Log the first few and then every 1000th, so a storm does not flood the log.
+        self.refused_logged += 1;
+        if self.refused_logged <= 5 || self.refused_logged.is_multiple_of(1000) {
+            tracing::warn!(%peer, reason, refused_so_far = self.refused_logged, "connection refused");
+        }
+        let _ = stream.set_linger_zero();
+        drop(stream);
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    metrics::counter!("quarry_edge_connections_refused_total", "reason" => "accept_error").increment(1);
+                    std::thread::sleep(Duration::from_millis(10));
+                    return;
+                }
+            };
+            let ip = peer.ip();
+            let now = Instant::now();
+            {
+                let mut banned = self.admission.banned.lock();
+                if let Some(until) = banned.get(&ip).copied() {
+                    if until > now {
+                        drop(banned);
+                        self.refuse(stream, peer, "banned");
+                        continue;
+                    }
+                    banned.remove(&ip);
+                }
+            }
+            if self.admission.connected.load(Ordering::Relaxed) >= self.cfg.max_connections {
+                self.refuse(stream, peer, "max_connections");
+                continue;
+            }
+            {
+                let mut per_ip = self.admission.per_ip.lock();
+                let n = per_ip.entry(ip).or_insert(0);
+                if *n >= self.cfg.max_connections_per_ip {
+                    drop(per_ip);
+                    self.refuse(stream, peer, "per_ip_limit");
+                    continue;
+                }
+                *n += 1;
+            }
+            let Some((slot, e1)) = self.admission.slots.lock().allocate() else {
+                release_ip(&self.admission, ip);
+                self.refuse(stream, peer, "no_extranonce_slot");
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let n = self.admission.connected.fetch_add(1, Ordering::Relaxed) + 1;
+            metrics::gauge!("quarry_edge_miners_connected").set(n as f64);
+            let (tx, waker) = &self.targets[self.next % self.targets.len()];
+            self.next += 1;
+            if tx.send(ConnectorMsg::Conn(stream, peer, slot, e1)).is_ok() {
+                let _ = waker.wake();
+            }
+        }
+    }
+}
+
+trait LingerZero {
+    fn set_linger_zero(&self) -> io::Result<()>;
+}
+impl LingerZero for TcpStream {
+    /// Refused connections are reset at once rather than lingering in TIME_WAIT.
+    fn set_linger_zero(&self) -> io::Result<()> {
+        socket2::SockRef::from(self).set_linger(Some(Duration::ZERO))
+    }
+}
+
+fn release_ip(adm: &Admission, ip: IpAddr) {
+    let mut per_ip = adm.per_ip.lock();
+    if let Some(n) = per_ip.get_mut(&ip) {
+        *n -= 1;
+        if *n == 0 {
+            per_ip.remove(&ip);
+        }
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: u32,
+    framer: LineFramer,
+    session: Session,
+    out: Vec<u8>,
+}
+
+struct Connector {
+    poll: Poll,
+    rx: Receiver<ConnectorMsg>,
+    conns: slab::Slab<Conn>,
+    book: Arc<JobBook>,
+    cfg: Arc<ServerConfig>,
+    session_cfg: Arc<SessionConfig>,
+    admission: Arc<Admission>,
+    shares: Sender<ShareEvent>,
+    shutdown: Arc<AtomicBool>,
+    events: Vec<ShareEvent>,
+}
+
+impl Connector {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut last_tick = Instant::now();
+        while !self.shutdown.load(Ordering::Relaxed) {
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(250)))
+            {
+                if e.kind() != ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "connector poll failed");
+                    return;
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => self.drain_messages(),
+                    Token(key) => {
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(key, &mut buf);
+                        }
+                        if ev.is_writable() {
+                            self.flush(key);
+                        }
+                    }
+                }
+            }
+            let now = Instant::now();
+            if now.duration_since(last_tick) >= Duration::from_secs(1) {
+                last_tick = now;
+                let mut to_close = Vec::new();
+                for (key, c) in self.conns.iter_mut() {
+                    if let Some(reason) = c.session.on_tick(now) {
+                        to_close.push((key, reason.clone()));
+                    }
+                }
+                for (key, reason) in to_close {
+                    self.close(key, Some(reason));
+                }
+            }
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            self.close(k, None);
+        }
+    }
+
+    fn drain_messages(&mut self) {
+        let mut new_book = None;
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                ConnectorMsg::Conn(stream, peer, slot, e1) => self.add(stream, peer, slot, e1),
+                ConnectorMsg::Jobs(book) => new_book = Some(book),
+            }
+        }
+        if let Some(book) = new_book {
+            self.book = book;
+            let now = Instant::now();
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.session.on_jobs(&self.book, now, &mut c.out);
+                }
+                self.flush(key);
+            }
+        }
+    }
+
+    fn add(&mut self, mut stream: TcpStream, peer: SocketAddr, slot: u32, e1: Extranonce) {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(%peer, error = %e, "could not register connection");
+            self.forget(peer, slot);
+            return;
+        }
+        tracing::debug!(%peer, extranonce1 = %e1, "miner connected");
+        entry.insert(Conn {
+            stream,
+            peer,
+            slot,
+            framer: LineFramer::new(self.cfg.max_line_bytes),
+            session: Session::new(self.session_cfg.clone(), e1, Instant::now()),
+            out: Vec::new(),
+        });
+    }
+
+    fn on_readable(&mut self, key: usize, buf: &mut [u8]) {
+        let mut closed = false;
+        {
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
+            loop {
+                match c.stream.read(buf) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        c.framer.push(&buf[..n]);
+                        let started = Instant::now();
+                        let wall = SystemTime::now();
+                        while let Some(line) = c.framer.next_line() {
+                            match line {
+                                Ok(line) => c.session.handle_line(
+                                    &line,
+                                    &self.book,
+                                    started,
+                                    wall,
+                                    &mut c.out,
+                                    &mut self.events,
+                                ),
+                                Err(e) => {
+                                    tracing::warn!(peer = %c.peer, error = %e, "oversized line dropped");
+                                    c.session.on_frame_error(&e, &mut c.out);
+                                }
+                            }
+                            if c.session.close_reason().is_some() {
+                                break;
+                            }
+                        }
+                        if c.session.close_reason().is_some() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            c.framer.shrink_if_empty();
+            let counters = std::mem::take(&mut c.session.counters);
+            if counters.accepted > 0 {
+                metrics::counter!("quarry_edge_shares_total", "result" => "accepted")
+                    .increment(counters.accepted);
+            }
+            for label in counters.rejected {
+                metrics::counter!("quarry_edge_shares_total", "result" => label).increment(1);
+            }
+            if counters.version_rolling_unnegotiated > 0 {
+                metrics::counter!("quarry_edge_version_rolling_unnegotiated_total")
+                    .increment(counters.version_rolling_unnegotiated);
+            }
+            if counters.malformed_lines > 0 {
+                metrics::counter!("quarry_edge_malformed_lines_total")
+                    .increment(counters.malformed_lines);
+            }
+        }
+        for ev in self.events.drain(..) {
+            if let ShareEvent::Block(b) = &ev {
+                metrics::counter!("quarry_edge_blocks_found_total").increment(1);
+                tracing::info!(worker = %b.share.worker, job = %b.share.job_id, "block candidate found");
+            }
+            if self.shares.send(ev).is_err() {
+                tracing::error!("share channel closed: shares can no longer be forwarded");
+            }
+        }
+        self.flush(key);
+        let reason = self
+            .conns
+            .get(key)
+            .and_then(|c| c.session.close_reason().cloned());
+        if closed || reason.is_some() {
+            self.close(key, reason);
+        }
+    }
+
+    fn flush(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let mut written = 0;
+        let mut failed = false;
+        while written < c.out.len() {
+            match c.stream.write(&c.out[written..]) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        c.out.drain(..written);
+        if c.out.is_empty() && c.out.capacity() > 4096 {
+            c.out = Vec::new();
+        }
+        let too_slow = c.out.len() > self.cfg.max_pending_output;
+        if failed || too_slow {
+            if too_slow {
+                tracing::warn!(peer = %c.peer, pending = c.out.len(), "miner not reading its answers: closing");
+            }
+            self.close(key, None);
+        }
+    }
+
+    fn close(&mut self, key: usize, reason: Option<CloseReason>) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut c = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        match &reason {
+            Some(CloseReason::Banned { invalid_in_a_row }) => {
+                tracing::warn!(peer = %c.peer, invalid_in_a_row, ban_secs = self.cfg.ban_duration.as_secs(), "banning address after invalid-share flood");
+                self.admission
+                    .banned
+                    .lock()
+                    .insert(c.peer.ip(), Instant::now() + self.cfg.ban_duration);
+                metrics::counter!("quarry_edge_bans_total").increment(1);
+            }
+            Some(r) => tracing::info!(peer = %c.peer, reason = ?r, "closing connection"),
+            None => tracing::debug!(peer = %c.peer, "connection closed"),
+        }
+        self.forget(c.peer, c.slot);
+    }
+
+    fn forget(&self, peer: SocketAddr, slot: u32) {
+        release_ip(&self.admission, peer.ip());
+        self.admission.slots.lock().release(slot);
+        let n = self.admission.connected.fetch_sub(1, Ordering::Relaxed) - 1;
+        metrics::gauge!("quarry_edge_miners_connected").set(n as f64);
+    }
+}

@@ -1,0 +1,559 @@
+use super::*;
+use relay::hash::Hash256;
+use relay::work::{CompactTarget, Job, PrevHash};
+
+fn d(v: f64) -> Difficulty {
+    Difficulty::new(v).unwrap()
+}
+
+fn cfg() -> Arc<SessionConfig> {
+    Arc::new(SessionConfig {
+        algorithm: PowAlgorithm::Sha256d,
+        // SHA-256 difficulty 2^-24: about one hash in 256 is a share.
+        start_difficulty: d(1.0 / 16_777_216.0),
+        vardiff: VardiffConfig {
+            min: d(1.0 / 1e12),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+fn job(id: u64, prev: u8, clean: bool, nbits: u32) -> Arc<JobEntry> {
+    let j = Job::new(
+        JobId::from_counter(id),
+        PrevHash(Hash256([prev; 32])),
+        hex::decode("01000000010000000000000000000000000000000000000000000000000000000000000000ffffffff20020862062f503253482f04b8864e5008").unwrap(),
+        hex::decode("072f736c7573682f000000000100f2052a010000001976a914d23fcdf86f7e756a64a7a9688ef9903327048ed988ac00000000").unwrap(),
+        vec![[0x11; 32], [0x22; 32]],
+        0x2000_0000,
+        CompactTarget(nbits),
+        0x5e9a_0b0c,
+        clean,
+    );
+    Arc::new(JobEntry::new(j, None, Instant::now()))
+}
+
+/// Mainnet-like nBits: no share in these tests is a block.
+const HARD_BITS: u32 = 0x1d00ffff;
+
+struct Rig {
+    s: Session,
+    book: JobBook,
+    now: Instant,
+    out: Vec<u8>,
+    events: Vec<ShareEvent>,
+}
+
+impl Rig {
+    fn new(cfg: Arc<SessionConfig>) -> Rig {
+        let now = Instant::now();
+        let book = JobBook::default().with_job(job(1, 1, true, HARD_BITS), now);
+        Rig {
+            s: Session::new(cfg, Extranonce::from_hex("01000002").unwrap(), now),
+            book,
+            now,
+            out: vec![],
+            events: vec![],
+        }
+    }
+
+    fn send(&mut self, line: &str) -> Vec<String> {
+        self.out.clear();
+        self.s.handle_line(
+            line.as_bytes(),
+            &self.book,
+            self.now,
+            SystemTime::now(),
+            &mut self.out,
+            &mut self.events,
+        );
+        String::from_utf8(self.out.clone())
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn login(&mut self) -> Vec<String> {
+        self.send(r#"{"id":1,"method":"mining.subscribe","params":["test/1.0"]}"#);
+        self.send(r#"{"id":2,"method":"mining.authorize","params":["acct.rig1","x"]}"#)
+    }
+
+    fn publish(&mut self, entry: Arc<JobEntry>) -> Vec<String> {
+        self.book = self.book.with_job(entry, self.now);
+        self.out.clear();
+        self.s.on_jobs(&self.book, self.now, &mut self.out);
+        String::from_utf8(self.out.clone())
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Finds a nonce whose hash meets `target` (and, if `miss` is set, does NOT meet `miss`).
+    fn find_nonce(
+        &self,
+        job: &JobEntry,
+        version: u32,
+        target: Target,
+        miss: Option<Target>,
+    ) -> u32 {
+        let e2 = Extranonce::from_hex("00000001").unwrap();
+        for nonce in 0.. {
+            let w = ShareWork {
+                extranonce1: self.s.extranonce1(),
+                extranonce2: e2,
+                ntime: job.job.ntime,
+                nonce,
+                version,
+            };
+            let h = PowAlgorithm::Sha256d.hash(&job.job.header(&w).to_bytes());
+            if target.is_met_by(&h) && !miss.is_some_and(|m| m.is_met_by(&h)) {
+                return nonce;
+            }
+        }
+        unreachable!()
+    }
+}
+
+fn submit_line(id: u32, job: &str, nonce: u32) -> String {
+    format!(
+        r#"{{"id":{id},"method":"mining.submit","params":["acct.rig1","{job}","00000001","5e9a0b0c","{nonce:08x}"]}}"#
+    )
+}
+
+fn target_of(diff: f64) -> Target {
+    Target::from_difficulty(d(diff), Target::SHA256_DIFF1)
+}
+
+#[test]
+fn subscribe_gives_extranonce1_and_size_and_work_follows_authorize() {
+    let mut r = Rig::new(cfg());
+    let sub = r.send(r#"{"id":1,"method":"mining.subscribe","params":[]}"#);
+    assert_eq!(
+        sub,
+        vec![
+            r#"{"id":1,"result":[[["mining.set_difficulty","01000002"],["mining.notify","01000002"]],"01000002",4],"error":null}"#
+        ]
+    );
+    let auth = r.send(r#"{"id":2,"method":"mining.authorize","params":["acct.rig1","x"]}"#);
+    assert_eq!(auth[0], r#"{"id":2,"result":true,"error":null}"#);
+    assert!(auth[1].contains("mining.set_difficulty"), "{auth:?}");
+    assert!(auth[2].contains("mining.notify"), "{auth:?}");
+}
+
+#[test]
+fn valid_share_is_accepted_and_reported() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let j = r.book.current().unwrap().clone();
+    let nonce = r.find_nonce(&j, 0x2000_0000, target_of(1.0 / 16_777_216.0), None);
+    let resp = r.send(&submit_line(7, "1", nonce));
+    assert_eq!(resp, vec![r#"{"id":7,"result":true,"error":null}"#]);
+    match &r.events[..] {
+        [ShareEvent::Accepted(rec)] => {
+            assert_eq!(&*rec.worker, "acct.rig1");
+            assert_eq!(rec.nonce, nonce);
+            assert_eq!(rec.version, 0x2000_0000);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn duplicate_share_is_rejected_with_code_22() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let j = r.book.current().unwrap().clone();
+    let nonce = r.find_nonce(&j, 0x2000_0000, target_of(1.0 / 16_777_216.0), None);
+    r.send(&submit_line(7, "1", nonce));
+    let resp = r.send(&submit_line(8, "1", nonce));
+    assert_eq!(
+        resp,
+        vec![r#"{"id":8,"result":null,"error":[22,"Duplicate share",null]}"#]
+    );
+    assert_eq!(r.events.len(), 1);
+}
+
+#[test]
+fn low_difficulty_share_is_rejected_with_code_23() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let j = r.book.current().unwrap().clone();
+    let share = target_of(1.0 / 16_777_216.0);
+    // Any hash that misses the share target.
+    let nonce = r.find_nonce(&j, 0x2000_0000, Target::MAX, Some(share));
+    let resp = r.send(&submit_line(9, "1", nonce));
+    assert_eq!(
+        resp,
+        vec![r#"{"id":9,"result":null,"error":[23,"Low difficulty share",null]}"#]
+    );
+    assert!(r.events.is_empty());
+}
+
+#[test]
+fn unknown_job_is_rejected_with_code_21() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let resp = r.send(&submit_line(3, "beef", 1));
+    assert_eq!(
+        resp,
+        vec![r#"{"id":3,"result":null,"error":[21,"Job not found",null]}"#]
+    );
+}
+
+#[test]
+fn stale_share_after_clean_jobs_is_rejected_with_code_21() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let old = r.book.current().unwrap().clone();
+    let nonce = r.find_nonce(&old, 0x2000_0000, target_of(1.0 / 16_777_216.0), None);
+    let notify = r.publish(job(2, 2, true, HARD_BITS));
+    assert!(notify.iter().any(|l| l.contains("mining.notify")));
+    let resp = r.send(&submit_line(4, "1", nonce));
+    assert_eq!(
+        resp,
+        vec![r#"{"id":4,"result":null,"error":[21,"Stale share",null]}"#]
+    );
+}
+
+#[test]
+fn share_on_previous_job_with_same_prevhash_is_accepted_within_grace_then_stale() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let old = r.book.current().unwrap().clone();
+    let nonce = r.find_nonce(&old, 0x2000_0000, target_of(1.0 / 16_777_216.0), None);
+    r.publish(job(2, 1, false, HARD_BITS));
+    let resp = r.send(&submit_line(4, "1", nonce));
+    assert_eq!(resp, vec![r#"{"id":4,"result":true,"error":null}"#]);
+    r.now += Duration::from_secs(31);
+    let nonce2 = {
+        let mut n = nonce + 1;
+        loop {
+            let w = ShareWork {
+                extranonce1: r.s.extranonce1(),
+                extranonce2: Extranonce::from_hex("00000001").unwrap(),
+                ntime: old.job.ntime,
+                nonce: n,
+                version: 0x2000_0000,
+            };
+            if target_of(1.0 / 16_777_216.0)
+                .is_met_by(&PowAlgorithm::Sha256d.hash(&old.job.header(&w).to_bytes()))
+            {
+                break n;
+            }
+            n += 1;
+        }
+    };
+    let resp = r.send(&submit_line(5, "1", nonce2));
+    assert_eq!(
+        resp,
+        vec![r#"{"id":5,"result":null,"error":[21,"Stale share",null]}"#]
+    );
+}
+
+#[test]
+fn unauthorized_worker_is_rejected_with_code_24() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let resp = r.send(
+        r#"{"id":5,"method":"mining.submit","params":["other.rig","1","00000001","5e9a0b0c","00000000"]}"#,
+    );
+    assert_eq!(
+        resp,
+        vec![r#"{"id":5,"result":null,"error":[24,"Unauthorized worker",null]}"#]
+    );
+}
+
+#[test]
+fn submit_before_subscribe_is_rejected_with_code_25() {
+    let mut r = Rig::new(cfg());
+    let resp = r.send(&submit_line(6, "1", 0));
+    assert_eq!(
+        resp,
+        vec![r#"{"id":6,"result":null,"error":[25,"Not subscribed",null]}"#]
+    );
+}
+
+#[test]
+fn malformed_submit_gets_code_20_naming_the_field() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let resp = r.send(
+        r#"{"id":10,"method":"mining.submit","params":["acct.rig1","1","00000001","5e9a0b0c","1234"]}"#,
+    );
+    assert_eq!(
+        resp,
+        vec![
+            r#"{"id":10,"result":null,"error":[20,"Malformed request: mining.submit: nonce has 4 hex characters, expected 8",null]}"#
+        ]
+    );
+    let resp = r.send(
+        r#"{"id":11,"method":"mining.submit","params":["acct.rig1","1","0001","5e9a0b0c","00000000"]}"#,
+    );
+    assert_eq!(
+        resp,
+        vec![
+            r#"{"id":11,"result":null,"error":[20,"Invalid share: extranonce2 has 2 bytes, expected 4",null]}"#
+        ]
+    );
+    let resp = r.send("this is not json");
+    assert!(
+        resp[0].starts_with(r#"{"id":null,"result":null,"error":[20,"Malformed request: "#),
+        "{resp:?}"
+    );
+}
+
+#[test]
+fn oversized_line_gets_an_error_and_the_session_lives_on() {
+    let mut r = Rig::new(cfg());
+    let mut out = vec![];
+    r.s.on_frame_error(
+        &FrameError::LineTooLong {
+            max: 16384,
+            seen: 20000,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "{\"id\":null,\"result\":null,\"error\":[20,\"line longer than the 16384-byte limit (at least 20000 bytes without a newline)\",null]}\n"
+    );
+    assert!(r.s.close_reason().is_none());
+    let resp = r.login();
+    assert_eq!(resp[0], r#"{"id":2,"result":true,"error":null}"#);
+}
+
+#[test]
+fn vardiff_retarget_does_not_reject_in_flight_shares() {
+    // Fast retargets so a handful of shares moves the difficulty up.
+    let c = Arc::new(SessionConfig {
+        vardiff: VardiffConfig {
+            min: d(1.0 / 1e12),
+            min_interval: Duration::from_secs(1),
+            shares_per_window: 4,
+            ..Default::default()
+        },
+        ..(*cfg()).clone()
+    });
+    let mut r = Rig::new(c);
+    r.login();
+    let j1 = r.book.current().unwrap().clone();
+    let easy = target_of(1.0 / 16_777_216.0);
+    // Find many shares on job 1 at the starting difficulty.
+    let mut nonces = vec![];
+    let mut n = 0;
+    while nonces.len() < 12 {
+        let nonce = {
+            let mut k = n;
+            loop {
+                let w = ShareWork {
+                    extranonce1: r.s.extranonce1(),
+                    extranonce2: Extranonce::from_hex("00000001").unwrap(),
+                    ntime: j1.job.ntime,
+                    nonce: k,
+                    version: 0x2000_0000,
+                };
+                if easy.is_met_by(&PowAlgorithm::Sha256d.hash(&j1.job.header(&w).to_bytes())) {
+                    break k;
+                }
+                k += 1;
+            }
+        };
+        nonces.push(nonce);
+        n = nonce + 1;
+    }
+    // Submit quickly: 4 shares within 2 s is far above 18/min, so vardiff raises the difficulty.
+    for (i, nonce) in nonces[..6].iter().enumerate() {
+        r.now += Duration::from_millis(400);
+        let resp = r.send(&submit_line(100 + i as u32, "1", *nonce));
+        assert_eq!(
+            resp[0],
+            format!(r#"{{"id":{},"result":true,"error":null}}"#, 100 + i)
+        );
+    }
+    let before = r.s.difficulty();
+    assert!(
+        before > d(1.0 / 16_777_216.0),
+        "vardiff should have raised difficulty"
+    );
+    // A new (non-clean) job goes out with set_difficulty first.
+    let lines = r.publish(job(2, 1, false, HARD_BITS));
+    assert!(lines[0].contains("mining.set_difficulty"), "{lines:?}");
+    assert!(lines[1].contains("mining.notify"), "{lines:?}");
+    // In-flight shares for job 1, found at the old difficulty, are all still accepted.
+    for (i, nonce) in nonces[6..].iter().enumerate() {
+        let resp = r.send(&submit_line(200 + i as u32, "1", *nonce));
+        assert_eq!(
+            resp[0],
+            format!(r#"{{"id":{},"result":true,"error":null}}"#, 200 + i)
+        );
+    }
+}
+
+#[test]
+fn version_rolling_miner_gets_shares_validated_under_the_negotiated_mask() {
+    let mut r = Rig::new(cfg());
+    let resp = r.send(
+        r#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"1fffe000","version-rolling.min-bit-count":2}]}"#,
+    );
+    assert_eq!(
+        resp,
+        vec![
+            r#"{"id":1,"result":{"version-rolling":true,"version-rolling.mask":"1fffe000"},"error":null}"#
+        ]
+    );
+    r.login();
+    let j = r.book.current().unwrap().clone();
+    let bits = 0x0a5a_6000;
+    let nonce = r.find_nonce(&j, 0x2000_0000 | bits, target_of(1.0 / 16_777_216.0), None);
+    let resp = r.send(&format!(
+        r#"{{"id":7,"method":"mining.submit","params":["acct.rig1","1","00000001","5e9a0b0c","{nonce:08x}","{bits:08x}"]}}"#
+    ));
+    assert_eq!(resp, vec![r#"{"id":7,"result":true,"error":null}"#]);
+    let ShareEvent::Accepted(rec) = &r.events[0] else {
+        panic!()
+    };
+    assert_eq!(rec.version, 0x2a5a_6000);
+    // Bits outside the mask are refused.
+    let resp = r.send(
+        r#"{"id":8,"method":"mining.submit","params":["acct.rig1","1","00000001","5e9a0b0c","00000000","40000000"]}"#,
+    );
+    assert!(resp[0].contains(r#""error":[20,"Invalid share: version bits 40000000 touch bits outside the allowed mask 1fffe000""#), "{resp:?}");
+}
+
+#[test]
+fn mask_wider_than_the_pool_gets_only_the_intersection() {
+    let mut r = Rig::new(cfg());
+    let resp = r.send(
+        r#"{"id":1,"method":"mining.configure","params":[["version-rolling","x-future"],{"version-rolling.mask":"ffffffff"}]}"#,
+    );
+    assert_eq!(
+        resp,
+        vec![
+            r#"{"id":1,"result":{"version-rolling":true,"version-rolling.mask":"1fffe000","x-future":false},"error":null}"#
+        ]
+    );
+}
+
+#[test]
+fn antminer_version_bits_without_configure_are_validated_under_the_pool_mask() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let j = r.book.current().unwrap().clone();
+    let bits = 0x0000_e000;
+    let nonce = r.find_nonce(&j, 0x2000_0000 | bits, target_of(1.0 / 16_777_216.0), None);
+    let resp = r.send(&format!(
+        r#"{{"id":7,"method":"mining.submit","params":["acct.rig1","1","00000001","5e9a0b0c","{nonce:08x}","{bits:08x}"]}}"#
+    ));
+    assert_eq!(resp, vec![r#"{"id":7,"result":true,"error":null}"#]);
+    assert_eq!(r.s.counters.version_rolling_unnegotiated, 1);
+    // The full-version form (job bits kept) means the same header.
+    let nonce = r.find_nonce(
+        &j,
+        0x2000_0000 | 0x0000_4000,
+        target_of(1.0 / 16_777_216.0),
+        None,
+    );
+    let resp = r.send(&format!(
+        r#"{{"id":8,"method":"mining.submit","params":["acct.rig1","1","00000001","5e9a0b0c","{nonce:08x}","20004000"]}}"#
+    ));
+    assert_eq!(resp, vec![r#"{"id":8,"result":true,"error":null}"#]);
+}
+
+#[test]
+fn share_meeting_network_target_becomes_a_block_candidate() {
+    let mut r = Rig::new(cfg());
+    // Regtest nBits: about half of all hashes are blocks.
+    r.book = JobBook::default().with_job(job(5, 9, true, 0x207fffff), r.now);
+    r.login();
+    let j = r.book.current().unwrap().clone();
+    let nonce = r.find_nonce(
+        &j,
+        0x2000_0000,
+        target_of(1.0 / 16_777_216.0).min(j.network_target),
+        None,
+    );
+    let resp = r.send(&submit_line(1, "5", nonce));
+    assert_eq!(resp, vec![r#"{"id":1,"result":true,"error":null}"#]);
+    let ShareEvent::Block(b) = &r.events[0] else {
+        panic!("{:?}", r.events)
+    };
+    assert_eq!(
+        b.coinbase,
+        j.job.coinbase(
+            &r.s.extranonce1(),
+            &Extranonce::from_hex("00000001").unwrap()
+        )
+    );
+    assert!(j
+        .network_target
+        .is_met_by(&Hash256(relay::sha256d(&b.header))));
+}
+
+#[test]
+fn bad_worker_names_and_passwords_are_refused_with_code_24() {
+    let mut r = Rig::new(Arc::new(SessionConfig {
+        password: Some("s3cret".into()),
+        ..(*cfg()).clone()
+    }));
+    r.send(r#"{"id":1,"method":"mining.subscribe","params":[]}"#);
+    let resp = r.send(r#"{"id":2,"method":"mining.authorize","params":["acct.rig1","x"]}"#);
+    assert_eq!(
+        resp,
+        vec![r#"{"id":2,"result":null,"error":[24,"Unauthorized worker: wrong password",null]}"#]
+    );
+    let resp = r.send(r#"{"id":3,"method":"mining.authorize","params":["bad name!","s3cret"]}"#);
+    assert!(resp[0].contains("[24,"), "{resp:?}");
+    let resp = r.send(r#"{"id":4,"method":"mining.authorize","params":["acct","s3cret"]}"#);
+    assert_eq!(resp[0], r#"{"id":4,"result":true,"error":null}"#);
+}
+
+#[test]
+fn invalid_share_flood_leads_to_a_ban() {
+    let mut r = Rig::new(Arc::new(SessionConfig {
+        ban_after_invalid: 5,
+        ..(*cfg()).clone()
+    }));
+    r.login();
+    for i in 0..5 {
+        r.send(&format!(
+            r#"{{"id":{i},"method":"mining.submit","params":["acct.rig1","1","0001","5e9a0b0c","00000000"]}}"#
+        ));
+    }
+    assert_eq!(
+        r.s.close_reason(),
+        Some(&CloseReason::Banned {
+            invalid_in_a_row: 5
+        })
+    );
+}
+
+#[test]
+fn silent_connection_times_out() {
+    let mut r = Rig::new(cfg());
+    assert!(r.s.on_tick(r.now + Duration::from_secs(5)).is_none());
+    assert_eq!(
+        r.s.on_tick(r.now + Duration::from_secs(31)),
+        Some(&CloseReason::HandshakeTimeout)
+    );
+}
+
+#[test]
+fn suggest_difficulty_sets_the_starting_difficulty_within_bounds() {
+    let mut r = Rig::new(Arc::new(SessionConfig {
+        vardiff: VardiffConfig {
+            min: d(0.001),
+            max: d(1000.0),
+            ..Default::default()
+        },
+        ..(*cfg()).clone()
+    }));
+    r.send(r#"{"id":1,"method":"mining.suggest_difficulty","params":[5000]}"#);
+    let lines = r.login();
+    assert_eq!(
+        lines[1],
+        r#"{"id":null,"method":"mining.set_difficulty","params":[1000.0]}"#
+    );
+}

@@ -1,0 +1,43 @@
+//! What the edge hands on after judging a share.
+
+use relay::work::{Difficulty, Extranonce, JobId};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A share the edge accepted and acknowledged to its miner. From these fields (with the job)
+/// anyone can rebuild the header and re-check the proof of work.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShareRecord {
+    /// `account.worker` as authorized: every device stays visible, not one aggregate.
+    pub worker: Arc<str>,
+    pub job_id: JobId,
+    pub extranonce1: Extranonce,
+    pub extranonce2: Extranonce,
+    pub ntime: u32,
+    pub nonce: u32,
+    /// Full header version after rolling.
+    pub version: u32,
+    /// The difficulty the share was judged at (and is credited at).
+    pub difficulty: Difficulty,
+    /// The difficulty its hash actually reached (for best-share stats).
+    pub achieved: f64,
+    pub received_at: SystemTime,
+    /// Meets the upstream pool's target (proxy mining): forward it.
+    pub meets_upstream: bool,
+}
+
+/// A share whose hash meets the network target: submit the block now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockCandidate {
+    pub share: ShareRecord,
+    pub header: [u8; 80],
+    /// The coinbase transaction, non-witness serialization.
+    pub coinbase: Vec<u8>,
+}
+
+/// What a session reports besides the bytes it sends back.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ShareEvent {
+    Accepted(ShareRecord),
+    Block(BlockCandidate),
+}

@@ -1,0 +1,239 @@
+//! The real mio server over real loopback sockets.
+
+use edge::jobs::JobEntry;
+use edge::server::{start, ServerConfig};
+use edge::session::SessionConfig;
+use edge::share::ShareEvent;
+use edge::vardiff::VardiffConfig;
+use relay::hash::Hash256;
+use relay::pow::PowAlgorithm;
+use relay::work::{CompactTarget, Difficulty, Extranonce, Job, JobId, PrevHash, ShareWork, Target};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn d(v: f64) -> Difficulty {
+    Difficulty::new(v).unwrap()
+}
+
+const SHARE_DIFF: f64 = 1.0 / 16_777_216.0;
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        threads: 2,
+        max_connections: 50,
+        session: SessionConfig {
+            algorithm: PowAlgorithm::Sha256d,
+            start_difficulty: d(SHARE_DIFF),
+            vardiff: VardiffConfig {
+                min: d(1e-12),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn job(id: u64) -> Arc<JobEntry> {
+    Arc::new(JobEntry::new(
+        Job::new(
+            JobId::from_counter(id),
+            PrevHash(Hash256([id as u8; 32])),
+            hex::decode("0100000001000000000000000000000000000000000000000000000000000000000000000000ffffffff0f03a0860108").unwrap(),
+            hex::decode("ffffffff0100f2052a010000001976a914d23fcdf86f7e756a64a7a9688ef9903327048ed988ac00000000").unwrap(),
+            vec![[0x33; 32]; 3],
+            0x2000_0000,
+            CompactTarget(0x1d00ffff),
+            0x6500_0000,
+            true,
+        ),
+        None,
+        Instant::now(),
+    ))
+}
+
+struct Client {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+    extranonce1: Extranonce,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Client {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+            extranonce1: Extranonce::default(),
+        }
+    }
+    fn send(&mut self, line: &str) {
+        self.w.write_all(line.as_bytes()).unwrap();
+        self.w.write_all(b"\n").unwrap();
+    }
+    fn recv(&mut self) -> String {
+        let mut l = String::new();
+        self.r.read_line(&mut l).unwrap();
+        l.trim_end().to_string()
+    }
+    fn recv_until(&mut self, needle: &str) -> String {
+        loop {
+            let l = self.recv();
+            assert!(
+                !l.is_empty(),
+                "connection closed while waiting for {needle}"
+            );
+            if l.contains(needle) {
+                return l;
+            }
+        }
+    }
+    fn login(&mut self) {
+        self.send(r#"{"id":1,"method":"mining.subscribe","params":["it/1"]}"#);
+        let sub = self.recv_until(r#""id":1"#);
+        let v: serde_json::Value = serde_json::from_str(&sub).unwrap();
+        self.extranonce1 = Extranonce::from_hex(v["result"][1].as_str().unwrap()).unwrap();
+        self.send(r#"{"id":2,"method":"mining.authorize","params":["acct.w","x"]}"#);
+        assert_eq!(
+            self.recv_until(r#""id":2"#),
+            r#"{"id":2,"result":true,"error":null}"#
+        );
+        self.recv_until("mining.notify");
+    }
+}
+
+fn find_share(job: &JobEntry, e1: Extranonce, start: u32) -> u32 {
+    let target = Target::from_difficulty(d(SHARE_DIFF), Target::SHA256_DIFF1);
+    (start..)
+        .find(|&nonce| {
+            let w = ShareWork {
+                extranonce1: e1,
+                extranonce2: Extranonce::from_hex("00000000").unwrap(),
+                ntime: job.job.ntime,
+                nonce,
+                version: job.job.version,
+            };
+            target.is_met_by(&PowAlgorithm::Sha256d.hash(&job.job.header(&w).to_bytes()))
+        })
+        .unwrap()
+}
+
+#[test]
+fn miners_get_distinct_extranonces_and_their_shares_are_validated() {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let server = start(config(), tx).unwrap();
+    let j = job(1);
+    server.publish(j.clone());
+    let mut clients: Vec<Client> = (0..6)
+        .map(|_| Client::connect(server.local_addr()))
+        .collect();
+    for c in &mut clients {
+        c.login();
+    }
+    let mut e1s: Vec<_> = clients.iter().map(|c| c.extranonce1).collect();
+    e1s.sort_by_key(|e| e.to_hex());
+    e1s.dedup();
+    assert_eq!(e1s.len(), 6, "every connection has its own extranonce1");
+    for c in &mut clients {
+        let nonce = find_share(&j, c.extranonce1, 0);
+        c.send(&format!(
+            r#"{{"id":9,"method":"mining.submit","params":["acct.w","1","00000000","65000000","{nonce:08x}"]}}"#
+        ));
+        assert_eq!(c.recv(), r#"{"id":9,"result":true,"error":null}"#);
+        // The same share again is a duplicate.
+        c.send(&format!(
+            r#"{{"id":10,"method":"mining.submit","params":["acct.w","1","00000000","65000000","{nonce:08x}"]}}"#
+        ));
+        assert_eq!(
+            c.recv(),
+            r#"{"id":10,"result":null,"error":[22,"Duplicate share",null]}"#
+        );
+    }
+    let mut accepted = 0;
+    while let Ok(ev) = rx.recv_timeout(Duration::from_secs(2)) {
+        if let ShareEvent::Accepted(_) = ev {
+            accepted += 1;
+        }
+        if accepted == 6 {
+            break;
+        }
+    }
+    assert_eq!(accepted, 6);
+    // A new block: shares on job 1 are stale now.
+    server.publish(job(2));
+    let c = &mut clients[0];
+    c.recv_until("mining.notify");
+    let nonce = find_share(&j, c.extranonce1, 1_000_000);
+    c.send(&format!(
+        r#"{{"id":11,"method":"mining.submit","params":["acct.w","1","00000000","65000000","{nonce:08x}"]}}"#
+    ));
+    assert_eq!(
+        c.recv(),
+        r#"{"id":11,"result":null,"error":[21,"Stale share",null]}"#
+    );
+}
+
+#[test]
+fn malformed_and_oversized_lines_get_errors_and_the_connection_survives() {
+    let (tx, _rx) = crossbeam_channel::unbounded();
+    let mut cfg = config();
+    cfg.max_line_bytes = 1024;
+    let server = start(cfg, tx).unwrap();
+    server.publish(job(1));
+    let mut c = Client::connect(server.local_addr());
+    c.send("{\"id\":1,\"method\":");
+    assert!(c
+        .recv()
+        .starts_with(r#"{"id":null,"result":null,"error":[20,"Malformed request"#));
+    let big = "x".repeat(5000);
+    c.send(&big);
+    assert!(c.recv().starts_with(
+        r#"{"id":null,"result":null,"error":[20,"line longer than the 1024-byte limit"#
+    ));
+    c.send("\u{0}\u{1}\u{2}garbage");
+    assert!(c.recv().contains("[20,"));
+    c.login();
+}
+
+#[test]
+fn connections_over_the_limit_are_refused_at_once_and_the_served_ones_keep_working() {
+    let (tx, _rx) = crossbeam_channel::unbounded();
+    let mut cfg = config();
+    cfg.max_connections = 3;
+    let server = start(cfg, tx).unwrap();
+    let j = job(1);
+    server.publish(j.clone());
+    let mut served: Vec<Client> = (0..3)
+        .map(|_| Client::connect(server.local_addr()))
+        .collect();
+    for c in &mut served {
+        c.login();
+    }
+    for _ in 0..5 {
+        let mut extra = TcpStream::connect(server.local_addr()).unwrap();
+        extra
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let t = Instant::now();
+        // The server resets a refused connection at once; the write may or may not see it yet.
+        let _ = extra.write_all(b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n");
+        let mut buf = [0u8; 256];
+        match std::io::Read::read(&mut extra, &mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("refused connection must be closed, got {other:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(4));
+    }
+    let c = &mut served[0];
+    let nonce = find_share(&j, c.extranonce1, 0);
+    c.send(&format!(
+        r#"{{"id":9,"method":"mining.submit","params":["acct.w","1","00000000","65000000","{nonce:08x}"]}}"#
+    ));
+    assert_eq!(c.recv(), r#"{"id":9,"result":true,"error":null}"#);
+    assert_eq!(server.connected(), 3);
+}

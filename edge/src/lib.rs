@@ -11,5 +11,6 @@ pub mod server;
 pub mod session;
 pub mod share;
 pub mod slots;
+pub mod telemetry;
 pub mod validator;
 pub mod vardiff;

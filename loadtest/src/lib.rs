@@ -1,1 +1,8 @@
-//! placeholder
+//! Quarry's load tester.
+//!
+//! It plays the parts of a pool's outside world so the edge and the core can be measured and
+//! checked without a farm: [`miner`] simulates miners that speak Stratum V1 and hash for real.
+//! The `quarry-loadtest` binary is a thin shell over [`cli`].
+
+pub mod cli;
+pub mod miner;

@@ -1,1 +1,7 @@
-fn main() {}
+//! `quarry-loadtest`: see `quarry-loadtest --help`.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    loadtest::cli::main(loadtest::cli::Cli::parse())
+}

@@ -7,7 +7,10 @@
 
 pub mod hash;
 pub mod pow;
+pub mod quic;
+pub mod seglog;
 pub mod stratum;
+pub mod wire;
 pub mod work;
 
 pub use hash::{sha256d, Hash256};

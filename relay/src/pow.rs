@@ -6,7 +6,7 @@
 //! these chains is sha256d of the header, whatever its proof-of-work algorithm.
 //! New algorithms join by adding a variant here; callers only see [`PowAlgorithm::hash`].
 
-use crate::hash::{sha256d, Hash256};
+use crate::hash::{sha256d_80, Hash256};
 use crate::work::target::Target;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -25,7 +25,7 @@ impl PowAlgorithm {
     #[inline]
     pub fn hash(self, header: &[u8; 80]) -> Hash256 {
         match self {
-            PowAlgorithm::Sha256d => Hash256(sha256d(header)),
+            PowAlgorithm::Sha256d => Hash256(sha256d_80(header)),
             PowAlgorithm::Scrypt => Hash256(scrypt_1024_1_1(header)),
         }
     }

@@ -64,8 +64,12 @@ impl Extranonce {
         }
         let mut bytes = [0u8; MAX_EXTRANONCE_LEN];
         let n = s.len() / 2;
-        hex::decode_to_slice(s, &mut bytes[..n])
-            .map_err(|e| ExtranonceError::NotHex(format!("'{s}': {e}")))?;
+        // Every share carries an extranonce2: decode directly, and let the hex crate describe
+        // what is wrong only when something is.
+        if !decode_hex_pairs(s.as_bytes(), &mut bytes[..n]) {
+            hex::decode_to_slice(s, &mut bytes[..n])
+                .map_err(|e| ExtranonceError::NotHex(format!("'{s}': {e}")))?;
+        }
         Ok(Extranonce {
             len: n as u8,
             bytes,
@@ -120,6 +124,30 @@ impl Extranonce {
     pub fn to_hex(&self) -> String {
         hex::encode(self.as_bytes())
     }
+}
+
+/// Decodes `hex` (either case) into `out`; false, leaving `out` unspecified, unless `hex` is
+/// exactly `2 * out.len()` hex digits.
+#[inline]
+fn decode_hex_pairs(hex: &[u8], out: &mut [u8]) -> bool {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    if hex.len() != 2 * out.len() {
+        return false;
+    }
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(hi), Some(lo)) => *byte = hi << 4 | lo,
+            _ => return false,
+        }
+    }
+    true
 }
 
 impl fmt::Debug for Extranonce {
@@ -285,8 +313,9 @@ mod tests {
 
     #[test]
     fn upstream_with_too_little_room_is_refused_naming_sizes() {
-        let err = ExtranonceLayout::under_upstream(Extranonce::from_hex("aabbccdd").unwrap(), 4, 1, 1, 2)
-            .unwrap_err();
+        let err =
+            ExtranonceLayout::under_upstream(Extranonce::from_hex("aabbccdd").unwrap(), 4, 1, 1, 2)
+                .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("extranonce2_size is 4 bytes"), "{msg}");
         assert!(msg.contains("needs 6"), "{msg}");
@@ -295,7 +324,9 @@ mod tests {
                 .unwrap();
         assert_eq!(ok.extranonce1_len(), 8);
         assert_eq!(ok.extranonce2_len, 4);
-        let e1 = ok.miner_extranonce1(&ok.edge_prefix(1, 2).unwrap(), 3).unwrap();
+        let e1 = ok
+            .miner_extranonce1(&ok.edge_prefix(1, 2).unwrap(), 3)
+            .unwrap();
         assert_eq!(e1.to_hex(), "aabbccdd01020003");
     }
 
@@ -303,6 +334,9 @@ mod tests {
     fn hex_parsing_rejects_junk() {
         assert!(Extranonce::from_hex("zz").is_err());
         assert!(Extranonce::from_hex("abc").is_err());
-        assert_eq!(Extranonce::from_hex("ABcd").unwrap().as_bytes(), &[0xab, 0xcd]);
+        assert_eq!(
+            Extranonce::from_hex("ABcd").unwrap().as_bytes(),
+            &[0xab, 0xcd]
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! Header layout (all integers little-endian): version (4) ‖ previous block hash (32, internal
 //! order) ‖ merkle root (32) ‖ time (4) ‖ nBits (4) ‖ nonce (4).
 
-use crate::hash::Hash256;
+use crate::hash::{sha256d_64, sha256d_80, Hash256};
 use sha2::{Digest, Sha256};
 
 /// A block header, field by field.
@@ -48,7 +48,7 @@ impl BlockHeader {
 
     /// The block id: sha256d of the header, whatever the proof-of-work algorithm.
     pub fn block_hash(&self) -> Hash256 {
-        Hash256(crate::hash::sha256d(&self.to_bytes()))
+        Hash256(sha256d_80(&self.to_bytes()))
     }
 }
 
@@ -56,13 +56,15 @@ impl BlockHeader {
 /// branches always sit to the right because the coinbase is the block's first transaction.
 #[inline]
 pub fn merkle_root(coinbase_hash: [u8; 32], branch: &[[u8; 32]]) -> [u8; 32] {
-    let mut node = coinbase_hash;
+    let mut pair = [0u8; 64];
+    pair[..32].copy_from_slice(&coinbase_hash);
     for sibling in branch {
-        let mut h = Sha256::new();
-        h.update(node);
-        h.update(sibling);
-        node = Sha256::digest(h.finalize()).into();
+        pair[32..].copy_from_slice(sibling);
+        let node = sha256d_64(&pair);
+        pair[..32].copy_from_slice(&node);
     }
+    let mut node = [0u8; 32];
+    node.copy_from_slice(&pair[..32]);
     node
 }
 
@@ -184,7 +186,11 @@ mod tests {
         for n in 1..20u8 {
             let leaves: Vec<[u8; 32]> = (0..n).map(|i| sha256d(&[i])).collect();
             let branch = coinbase_merkle_branch(&leaves[1..]);
-            assert_eq!(merkle_root(leaves[0], &branch), merkle_root_of(&leaves), "n={n}");
+            assert_eq!(
+                merkle_root(leaves[0], &branch),
+                merkle_root_of(&leaves),
+                "n={n}"
+            );
         }
     }
 

@@ -217,7 +217,10 @@ mod tests {
             "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
         )
         .unwrap();
-        assert_eq!(&p.0 .0[..8], &[0x33, 0x22, 0x11, 0x00, 0x77, 0x66, 0x55, 0x44]);
+        assert_eq!(
+            &p.0 .0[..8],
+            &[0x33, 0x22, 0x11, 0x00, 0x77, 0x66, 0x55, 0x44]
+        );
         assert_eq!(
             p.to_stratum_hex(),
             "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
@@ -239,6 +242,9 @@ mod tests {
         );
         let e1 = Extranonce::from_hex("01020304").unwrap();
         let e2 = Extranonce::from_hex("aabbccdd").unwrap();
-        assert_eq!(job.coinbase_hash(&e1, &e2), sha256d(&job.coinbase(&e1, &e2)));
+        assert_eq!(
+            job.coinbase_hash(&e1, &e2),
+            sha256d(&job.coinbase(&e1, &e2))
+        );
     }
 }

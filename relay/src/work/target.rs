@@ -362,7 +362,10 @@ mod tests {
     #[test]
     fn compact_edge_cases_follow_bitcoin_core() {
         // Cases from Bitcoin Core src/test/arith_uint256_tests.cpp (bignum_SetCompact).
-        assert_eq!(Target::from_compact(CompactTarget(0)).unwrap(), Target::ZERO);
+        assert_eq!(
+            Target::from_compact(CompactTarget(0)).unwrap(),
+            Target::ZERO
+        );
         assert_eq!(
             Target::from_compact(CompactTarget(0x00123456)).unwrap(),
             Target::ZERO

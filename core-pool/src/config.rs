@@ -1,0 +1,283 @@
+//! `quarry-core` configuration (TOML). Every key is documented in `deploy/core.example.toml`.
+//! Unknown keys are errors; every error names the file, the key and the reason.
+
+use crate::daemon::rpc::{RpcAuth, RpcClientConfig};
+use crate::jobs::JobManagerConfig;
+use edge::config::{load_toml, ConfigError, LimitsSection, StratumSection};
+use edge::server::ServerConfig;
+use edge::telemetry::LogFormat;
+use relay::pow::PowAlgorithm;
+use relay::work::ExtranonceLayout;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreConfigFile {
+    pub pool: PoolSection,
+    #[serde(default)]
+    pub daemons: Vec<DaemonSection>,
+    #[serde(default)]
+    pub jobs: JobsSection,
+    #[serde(default)]
+    pub stratum: StratumSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// `scrypt` (Litecoin, Dogecoin) or `sha256d` (Bitcoin).
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    pub payout_address: String,
+    #[serde(default = "default_tag")]
+    pub pool_tag: String,
+    /// This shard's byte in every extranonce1 (0-255); shards must differ.
+    #[serde(default)]
+    pub shard_id: u8,
+}
+
+fn default_algorithm() -> String {
+    "scrypt".into()
+}
+fn default_tag() -> String {
+    "/quarry/".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub cookie_file: Option<PathBuf>,
+    #[serde(default = "default_rpc_timeout")]
+    pub timeout_secs: u64,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn default_rpc_timeout() -> u64 {
+    30
+}
+fn default_retries() -> u32 {
+    2
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// A fresh job (same block, new ntime/mempool) at least this often.
+    pub refresh_secs: u64,
+    /// getblocktemplate polling interval, the fallback when longpoll is off or failing.
+    pub poll_ms: u64,
+    pub longpoll: bool,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        JobsSection {
+            refresh_secs: 30,
+            poll_ms: 1000,
+            longpoll: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// Prometheus endpoint (`/metrics`).
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+}
+
+/// A checked configuration, ready to run.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub file: PathBuf,
+    pub algorithm: PowAlgorithm,
+    pub shard_id: u8,
+    pub daemons: Vec<RpcClientConfig>,
+    pub jobs: JobManagerConfig,
+    pub server: ServerConfig,
+    pub layout: ExtranonceLayout,
+    pub metrics_listen: SocketAddr,
+    pub log_format: LogFormat,
+}
+
+fn invalid(file: &Path, key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_path_buf(),
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl CoreConfig {
+    pub fn load(file: &Path) -> Result<CoreConfig, ConfigError> {
+        let raw: CoreConfigFile = load_toml(file)?;
+        Self::from_file(file, raw)
+    }
+
+    pub fn from_file(file: &Path, raw: CoreConfigFile) -> Result<CoreConfig, ConfigError> {
+        let algorithm: PowAlgorithm = raw
+            .pool
+            .algorithm
+            .parse()
+            .map_err(|e: String| invalid(file, "pool.algorithm", e))?;
+        if raw.pool.payout_address.trim().is_empty() {
+            return Err(invalid(file, "pool.payout_address", "must not be empty"));
+        }
+        if raw.pool.pool_tag.len() > 40 {
+            return Err(invalid(
+                file,
+                "pool.pool_tag",
+                "at most 40 bytes (the coinbase scriptSig is limited to 100 bytes)",
+            ));
+        }
+        if raw.daemons.is_empty() {
+            return Err(invalid(
+                file,
+                "daemons",
+                "at least one [[daemons]] entry is needed",
+            ));
+        }
+        let mut daemons = Vec::new();
+        for (i, d) in raw.daemons.iter().enumerate() {
+            let key = |k: &str| format!("daemons[{i}].{k}");
+            if !(d.url.starts_with("http://") || d.url.starts_with("https://")) {
+                return Err(invalid(
+                    file,
+                    &key("url"),
+                    format!("'{}' must start with http://", d.url),
+                ));
+            }
+            let auth = match (&d.user, &d.password, &d.cookie_file) {
+                (Some(u), Some(p), None) => RpcAuth::UserPass {
+                    user: u.clone(),
+                    password: p.clone(),
+                },
+                (None, None, Some(c)) => RpcAuth::CookieFile(c.clone()),
+                (None, None, None) => RpcAuth::None,
+                (Some(_), None, _) => {
+                    return Err(invalid(file, &key("password"), "user is set but password is not"))
+                }
+                (None, Some(_), _) => {
+                    return Err(invalid(file, &key("user"), "password is set but user is not"))
+                }
+                (_, _, Some(_)) => {
+                    return Err(invalid(
+                        file,
+                        &key("cookie_file"),
+                        "use either user/password or cookie_file, not both",
+                    ))
+                }
+            };
+            let mut c = RpcClientConfig::new(d.url.clone(), auth);
+            c.timeout = Duration::from_secs(d.timeout_secs.max(1));
+            c.retries = d.retries;
+            daemons.push(c);
+        }
+        let layout = ExtranonceLayout::default();
+        // Lease 0 of this shard is the core's own Stratum port; remote edges get 1..=255.
+        let prefix = layout
+            .edge_prefix(raw.pool.shard_id as u64, 0)
+            .map_err(|e| invalid(file, "pool.shard_id", e.to_string()))?;
+        let server = edge::config::server_config(
+            file,
+            &raw.stratum,
+            &raw.limits,
+            algorithm,
+            layout,
+            prefix,
+        )?;
+        let mut jobs = JobManagerConfig::new(raw.pool.payout_address.clone(), raw.pool.pool_tag);
+        jobs.extranonce_len = layout.total_len();
+        jobs.refresh_interval = Duration::from_secs(raw.jobs.refresh_secs.max(1));
+        jobs.poll_interval = Duration::from_millis(raw.jobs.poll_ms.max(50));
+        jobs.longpoll = raw.jobs.longpoll;
+        Ok(CoreConfig {
+            file: file.to_path_buf(),
+            algorithm,
+            shard_id: raw.pool.shard_id,
+            daemons,
+            jobs,
+            server,
+            layout,
+            metrics_listen: raw.metrics.listen,
+            log_format: raw.log.format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<CoreConfig, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("quarry-core-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("c{}.toml", text.len()));
+        std::fs::write(&path, text).unwrap();
+        CoreConfig::load(&path)
+    }
+
+    const OK: &str = r#"
+[pool]
+payout_address = "rltc1qexample"
+[[daemons]]
+url = "http://127.0.0.1:19443"
+user = "u"
+password = "p"
+"#;
+
+    #[test]
+    fn minimal_config_loads() {
+        let c = load(OK).unwrap();
+        assert_eq!(c.algorithm, PowAlgorithm::Scrypt);
+        assert_eq!(c.daemons.len(), 1);
+    }
+
+    #[test]
+    fn example_config_in_deploy_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/core.example.toml");
+        let c = CoreConfig::load(&path).unwrap();
+        assert_eq!(c.server.max_connections, 15_000);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let e = load("[pool]\npayout_address = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("key `daemons`: at least one"), "{e}");
+        let e = load(&OK.replace("user = \"u\"\n", "")).unwrap_err().to_string();
+        assert!(e.contains("daemons[0].user"), "{e}");
+        let e = load(&OK.replace("[pool]", "[pool]\nalgorithm = \"x11\"")).unwrap_err().to_string();
+        assert!(e.contains("pool.algorithm") && e.contains("x11"), "{e}");
+        let e = load(&format!("{OK}\n[stratum]\nlisten = \"nowhere\"\n")).unwrap_err().to_string();
+        assert!(e.contains("listen") && e.contains(".toml"), "{e}");
+        let e = load(&format!("{OK}\n[metrics]\nlisten_addr = \"x\"\n")).unwrap_err().to_string();
+        assert!(e.contains("listen_addr"), "{e}");
+    }
+}

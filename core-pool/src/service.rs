@@ -1,0 +1,184 @@
+//! The running core: job manager, Stratum port, share crediting and block submission wired
+//! together. `quarry-core` is a thin shell around [`CoreService`].
+//!
+//! Threads and what crosses between them (all owned messages over channels):
+//! job manager ──Arc<PoolJob>──▶ job forwarder ──JobEntry──▶ Stratum connectors
+//! connectors ──ShareEvent──▶ share processor ──BlockCandidate──▶ block submitter ──▶ daemon
+//! Blocks get their own thread so a slow `submitblock` never holds up crediting, and crediting
+//! never delays a block.
+
+use crate::config::CoreConfig;
+use crate::daemon::rpc::{DaemonPool, RpcClient};
+use crate::jobs::{BlockCandidate as DaemonCandidate, JobManager};
+use anyhow::Context;
+use crossbeam_channel::{Receiver, Sender};
+use edge::jobs::JobEntry;
+use edge::server::ServerHandle;
+use edge::share::ShareEvent;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Credited work per worker, in difficulty-1 units (the basis of every reward scheme).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct WorkerTally {
+    pub shares: u64,
+    pub work: f64,
+    pub blocks: u64,
+}
+
+/// In-memory credit book of this process (the durable journal arrives with the edge gateway).
+#[derive(Default)]
+pub struct Ledger {
+    workers: Mutex<HashMap<Arc<str>, WorkerTally>>,
+}
+
+impl Ledger {
+    pub fn credit(&self, worker: &Arc<str>, difficulty: f64, block: bool) {
+        let mut w = self.workers.lock();
+        let t = w.entry(worker.clone()).or_default();
+        t.shares += 1;
+        t.work += difficulty;
+        t.blocks += block as u64;
+    }
+
+    pub fn snapshot(&self) -> HashMap<Arc<str>, WorkerTally> {
+        self.workers.lock().clone()
+    }
+}
+
+pub struct CoreService {
+    jobs: Arc<JobManager>,
+    server: Arc<ServerHandle>,
+    pub ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl CoreService {
+    pub fn start(cfg: &CoreConfig) -> anyhow::Result<CoreService> {
+        let clients = cfg.daemons.iter().cloned().map(RpcClient::new).collect();
+        let pool = DaemonPool::new(clients).context("daemons")?;
+        let jobs = Arc::new(
+            JobManager::start(pool, cfg.jobs.clone()).context("starting the job manager")?,
+        );
+        let (share_tx, share_rx) = crossbeam_channel::unbounded();
+        let server = Arc::new(
+            edge::server::start(cfg.server.clone(), share_tx)
+                .with_context(|| format!("stratum listen address {}", cfg.server.listen))?,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let ledger = Arc::new(Ledger::default());
+        let (block_tx, block_rx) = crossbeam_channel::unbounded();
+        let mut threads = Vec::new();
+        {
+            let rx = jobs.subscribe();
+            let server = server.clone();
+            let stop = stop.clone();
+            threads.push(std::thread::Builder::new().name("job-forwarder".into()).spawn(
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match rx.recv_timeout(Duration::from_millis(200)) {
+                            Ok(pj) => server.publish(Arc::new(JobEntry::new(
+                                pj.job.clone(),
+                                None,
+                                Instant::now(),
+                            ))),
+                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                            Err(_) => return,
+                        }
+                    }
+                },
+            )?);
+        }
+        {
+            let ledger = ledger.clone();
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("share-processor".into())
+                    .spawn(move || process_shares(share_rx, block_tx, ledger, stop))?,
+            );
+        }
+        {
+            let jobs = jobs.clone();
+            let stop = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("block-submitter".into())
+                    .spawn(move || submit_blocks(block_rx, jobs, stop))?,
+            );
+        }
+        Ok(CoreService {
+            jobs,
+            server,
+            ledger,
+            stop,
+            threads,
+        })
+    }
+
+    pub fn stratum_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub fn job_manager(&self) -> &Arc<JobManager> {
+        &self.jobs
+    }
+
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn process_shares(
+    rx: Receiver<ShareEvent>,
+    blocks: Sender<DaemonCandidate>,
+    ledger: Arc<Ledger>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let ev = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(ev) => ev,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(_) => return,
+        };
+        match ev {
+            ShareEvent::Accepted(s) => {
+                ledger.credit(&s.worker, s.difficulty.value(), false);
+                metrics::counter!("quarry_core_shares_credited_total").increment(1);
+            }
+            ShareEvent::Block(b) => {
+                // The block goes out first; crediting can wait a microsecond.
+                let _ = blocks.send(DaemonCandidate {
+                    job_id: b.share.job_id.clone(),
+                    coinbase: b.coinbase,
+                    header: b.header,
+                });
+                ledger.credit(&b.share.worker, b.share.difficulty.value(), true);
+                metrics::counter!("quarry_core_shares_credited_total").increment(1);
+            }
+        }
+    }
+}
+
+fn submit_blocks(rx: Receiver<DaemonCandidate>, jobs: Arc<JobManager>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let c = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(c) => c,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(_) => return,
+        };
+        let job_id = c.job_id.clone();
+        if let Err(e) = jobs.submit_block(c) {
+            tracing::error!(job = %job_id, error = %e, "block candidate could not be submitted");
+        }
+    }
+}

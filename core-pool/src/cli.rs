@@ -10,7 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "quarry-core", version, about = "Quarry core pool: work, validation, blocks, credit")]
+#[command(
+    name = "quarry-core",
+    version,
+    about = "Quarry core pool: work, validation, blocks, credit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

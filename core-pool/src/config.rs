@@ -182,10 +182,18 @@ impl CoreConfig {
                 (None, None, Some(c)) => RpcAuth::CookieFile(c.clone()),
                 (None, None, None) => RpcAuth::None,
                 (Some(_), None, _) => {
-                    return Err(invalid(file, &key("password"), "user is set but password is not"))
+                    return Err(invalid(
+                        file,
+                        &key("password"),
+                        "user is set but password is not",
+                    ))
                 }
                 (None, Some(_), _) => {
-                    return Err(invalid(file, &key("user"), "password is set but user is not"))
+                    return Err(invalid(
+                        file,
+                        &key("user"),
+                        "password is set but user is not",
+                    ))
                 }
                 (_, _, Some(_)) => {
                     return Err(invalid(
@@ -269,15 +277,25 @@ password = "p"
 
     #[test]
     fn errors_name_file_key_and_reason() {
-        let e = load("[pool]\npayout_address = \"x\"\n").unwrap_err().to_string();
+        let e = load("[pool]\npayout_address = \"x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key `daemons`: at least one"), "{e}");
-        let e = load(&OK.replace("user = \"u\"\n", "")).unwrap_err().to_string();
+        let e = load(&OK.replace("user = \"u\"\n", ""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("daemons[0].user"), "{e}");
-        let e = load(&OK.replace("[pool]", "[pool]\nalgorithm = \"x11\"")).unwrap_err().to_string();
+        let e = load(&OK.replace("[pool]", "[pool]\nalgorithm = \"x11\""))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("pool.algorithm") && e.contains("x11"), "{e}");
-        let e = load(&format!("{OK}\n[stratum]\nlisten = \"nowhere\"\n")).unwrap_err().to_string();
+        let e = load(&format!("{OK}\n[stratum]\nlisten = \"nowhere\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen") && e.contains(".toml"), "{e}");
-        let e = load(&format!("{OK}\n[metrics]\nlisten_addr = \"x\"\n")).unwrap_err().to_string();
+        let e = load(&format!("{OK}\n[metrics]\nlisten_addr = \"x\"\n"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listen_addr"), "{e}");
     }
 }

@@ -8,9 +8,9 @@
 //!   publishes blocks when a share meets the network target.
 //! - [`regtest`]: a two-node litecoind regtest network for tests and demos.
 
+pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod jobs;
 pub mod regtest;
-pub mod cli;
-pub mod config;
 pub mod service;

@@ -79,21 +79,23 @@ impl CoreService {
             let rx = jobs.subscribe();
             let server = server.clone();
             let stop = stop.clone();
-            threads.push(std::thread::Builder::new().name("job-forwarder".into()).spawn(
-                move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        match rx.recv_timeout(Duration::from_millis(200)) {
-                            Ok(pj) => server.publish(Arc::new(JobEntry::new(
-                                pj.job.clone(),
-                                None,
-                                Instant::now(),
-                            ))),
-                            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                            Err(_) => return,
+            threads.push(
+                std::thread::Builder::new()
+                    .name("job-forwarder".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            match rx.recv_timeout(Duration::from_millis(200)) {
+                                Ok(pj) => server.publish(Arc::new(JobEntry::new(
+                                    pj.job.clone(),
+                                    None,
+                                    Instant::now(),
+                                ))),
+                                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                                Err(_) => return,
+                            }
                         }
-                    }
-                },
-            )?);
+                    })?,
+            );
         }
         {
             let ledger = ledger.clone();

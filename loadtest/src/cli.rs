@@ -30,6 +30,28 @@ pub struct Cli {
 pub enum Command {
     /// Run simulated Stratum V1 miners against a pool and report what it answered.
     Miners(MinersArgs),
+    /// Run the whole local stack: litecoind (regtest), quarry-core and CPU miners.
+    Stack(StackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StackArgs {
+    /// Run time in seconds (Ctrl-C stops earlier).
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// CPU miners to run against the pool; 0 leaves the port to miners you bring.
+    #[arg(long, default_value_t = 4)]
+    pub miners: usize,
+    /// Scrypt hashes per second per miner. Regtest blocks are so easy that about half of all
+    /// hashes are blocks: keep this low.
+    #[arg(long, default_value_t = 2.0)]
+    pub hashrate: f64,
+    /// Folder for the stack's files (default: a fresh folder under the temp dir).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Keep the folder (daemon data, configs, logs) after the run.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +142,13 @@ pub fn main(cli: Cli) -> ExitCode {
     init_logging(cli.log_json);
     match cli.command {
         Command::Miners(args) => miners(&args),
+        Command::Stack(args) => match crate::stack_cmd::run(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -196,7 +225,9 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let Command::Miners(args) = cli.command;
+        let Command::Miners(args) = cli.command else {
+            panic!("expected the miners subcommand")
+        };
         assert!(args.json);
         let c = args.to_config().unwrap();
         assert_eq!(c.url.host, "10.0.0.2");

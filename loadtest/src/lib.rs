@@ -1,8 +1,12 @@
 //! Quarry's load tester.
 //!
 //! It plays the parts of a pool's outside world so the edge and the core can be measured and
-//! checked without a farm: [`miner`] simulates miners that speak Stratum V1 and hash for real.
+//! checked without a farm: [`miner`] simulates miners that speak Stratum V1 and hash for real,
+//! [`stack`] starts the whole local stack (litecoind in regtest, quarry-core) as real processes.
 //! The `quarry-loadtest` binary is a thin shell over [`cli`].
 
 pub mod cli;
 pub mod miner;
+pub mod process;
+pub mod stack;
+mod stack_cmd;

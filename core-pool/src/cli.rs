@@ -32,6 +32,44 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Operator PKI for edge links: a CA, the core's certificate, edge certificates.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsAction {
+    /// Creates the operator CA (ca.crt, ca.key) in DIR. Keep ca.key offline.
+    InitCa {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "Quarry operator CA")]
+        name: String,
+    },
+    /// Issues the core's certificate (core.crt, core.key) for the names edges dial.
+    Core {
+        /// Folder holding ca.crt and ca.key.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Where to write core.crt and core.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// DNS names and IP addresses edges use to reach the core (repeat the flag).
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+    },
+    /// Issues an edge certificate (EDGE_ID.crt, EDGE_ID.key); the id is the edge's identity.
+    Edge {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Lowercase letters, digits and '-', at most 63 characters.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -52,6 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", config.display());
             Ok(())
         }
+        Command::Certs { action } => certs(action),
         Command::Run { config } => {
             let cfg = CoreConfig::load(&config)?;
             edge::telemetry::init_logging(cfg.log_format);
@@ -74,4 +113,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn certs(action: CertsAction) -> anyhow::Result<()> {
+    use relay::quic::certs;
+    match action {
+        CertsAction::InitCa { dir, name } => {
+            let ca = certs::generate_ca(&name)?;
+            let paths = ca.write(&dir)?;
+            println!("wrote {} and {}", paths.cert.display(), paths.key.display());
+        }
+        CertsAction::Core { ca_dir, out, names } => {
+            let ca = certs::CaBundle::load_dir(&ca_dir)?;
+            let cert = certs::issue_core_cert(&ca, &names)?;
+            let paths = cert.write(&out, "core")?;
+            println!("wrote {} and {}", paths.cert.display(), paths.key.display());
+        }
+        CertsAction::Edge { ca_dir, out, id } => {
+            let ca = certs::CaBundle::load_dir(&ca_dir)?;
+            let cert = certs::issue_edge_cert(&ca, &id)?;
+            let paths = cert.write(&out, &id)?;
+            println!("wrote {} and {}", paths.cert.display(), paths.key.display());
+        }
+    }
+    Ok(())
 }

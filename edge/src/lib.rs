@@ -5,12 +5,15 @@
 //! hands accepted shares on for crediting. The same code serves miners connected straight to the
 //! core: one validation path, never two.
 
+pub mod batcher;
 pub mod config;
 pub mod jobs;
 pub mod server;
 pub mod session;
 pub mod share;
 pub mod slots;
+pub mod spool;
 pub mod telemetry;
+pub mod uplink;
 pub mod validator;
 pub mod vardiff;

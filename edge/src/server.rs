@@ -10,6 +10,7 @@ use crate::jobs::{JobBook, JobEntry};
 use crate::session::{CloseReason, Session, SessionConfig};
 use crate::share::ShareEvent;
 use crate::slots::SlotAllocator;
+use crate::spool::LaneWriter;
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -77,6 +78,10 @@ struct Admission {
 enum ConnectorMsg {
     Conn(TcpStream, SocketAddr, u32, Extranonce),
     Jobs(Arc<JobBook>),
+    /// A durable batch covers this lane through the index: its records may go.
+    TrimLane(u64),
+    /// The extranonce prefix changed: every miner must reconnect to get a new extranonce1.
+    DropAll,
 }
 
 /// A running server.
@@ -116,6 +121,27 @@ impl ServerHandle {
         }
     }
 
+    /// Lets connector `lane` trim its spool lane through `index`.
+    pub fn trim_lane(&self, lane: u16, index: u64) {
+        if let Some((tx, waker)) = self.connectors.get(lane as usize) {
+            let _ = tx.send(ConnectorMsg::TrimLane(index));
+            let _ = waker.wake();
+        }
+    }
+
+    /// Moves to a new extranonce prefix (the core gave this edge a different lease): new
+    /// connections get it, current ones are closed so their miners reconnect and get it too.
+    pub fn change_prefix(&self, prefix: Extranonce) {
+        if let Err(e) = self.admission.slots.lock().set_prefix(prefix) {
+            tracing::error!(error = %e, "cannot use the new extranonce prefix");
+            return;
+        }
+        for (tx, waker) in &self.connectors {
+            let _ = tx.send(ConnectorMsg::DropAll);
+            let _ = waker.wake();
+        }
+    }
+
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -138,13 +164,39 @@ impl Drop for ServerHandle {
     }
 }
 
-/// Starts the server; accepted shares and block candidates go to `shares`.
+/// Starts the server without a spool (the core's own port: shares go straight to the ledger).
 pub fn start(cfg: ServerConfig, shares: Sender<ShareEvent>) -> io::Result<ServerHandle> {
-    let threads = if cfg.threads == 0 {
+    start_with_spool(cfg, shares, Vec::new())
+}
+
+/// Connector threads a configuration asks for.
+pub fn thread_count(cfg: &ServerConfig) -> usize {
+    if cfg.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
         cfg.threads
-    };
+    }
+}
+
+/// Starts the server; accepted shares and block candidates go to `shares`. With `lanes` (one
+/// per connector thread, see [`thread_count`]), every accepted share is written to its
+/// connector's spool lane before the miner hears "accepted".
+pub fn start_with_spool(
+    cfg: ServerConfig,
+    shares: Sender<ShareEvent>,
+    lanes: Vec<LaneWriter>,
+) -> io::Result<ServerHandle> {
+    let threads = thread_count(&cfg);
+    if !lanes.is_empty() && lanes.len() != threads {
+        return Err(io::Error::new(
+            ErrorKind::InvalidInput,
+            format!(
+                "{} spool lanes for {threads} connector threads",
+                lanes.len()
+            ),
+        ));
+    }
+    let mut lanes = lanes.into_iter();
     let std_listener = std::net::TcpListener::bind(cfg.listen)?;
     std_listener.set_nonblocking(true)?;
     let local_addr = std_listener.local_addr()?;
@@ -176,6 +228,9 @@ pub fn start(cfg: ServerConfig, shares: Sender<ShareEvent>) -> io::Result<Server
             shares: shares.clone(),
             shutdown: shutdown.clone(),
             events: Vec::new(),
+            lane: lanes.next(),
+            last_sync: Instant::now(),
+            usage_alerted: false,
         };
         handles.push(
             std::thread::Builder::new()
@@ -365,9 +420,62 @@ struct Connector {
     shares: Sender<ShareEvent>,
     shutdown: Arc<AtomicBool>,
     events: Vec<ShareEvent>,
+    lane: Option<LaneWriter>,
+    last_sync: Instant,
+    usage_alerted: bool,
 }
 
+/// Group commit interval of the spool lanes.
+const LANE_SYNC_EVERY: Duration = Duration::from_millis(50);
+
 impl Connector {
+    /// Writes this read's accepted shares to the lane and hands them to the kernel. Runs before
+    /// the answers reach the socket, so a killed edge never forgets a share it acknowledged.
+    fn spool_events(&mut self) {
+        let Some(lane) = self.lane.as_mut() else {
+            return;
+        };
+        for ev in self.events.iter_mut() {
+            match lane.append(ev) {
+                Ok(idx) => {
+                    let rec = match ev {
+                        ShareEvent::Accepted(s) => s,
+                        ShareEvent::Block(b) => &mut b.share,
+                    };
+                    rec.spool_ref = Some((lane.lane, idx));
+                }
+                Err(e) => {
+                    metrics::counter!("quarry_edge_spool_errors_total").increment(1);
+                    tracing::error!(lane = lane.lane, error = %e, "SPOOL WRITE FAILED: this share is only in memory until the core acks it");
+                }
+            }
+        }
+        if let Err(e) = lane.flush() {
+            tracing::error!(lane = lane.lane, error = %e, "spool flush failed");
+        }
+        let (used, max) = lane.usage();
+        let high = used as f64 >= 0.8 * max as f64;
+        if high && !self.usage_alerted {
+            tracing::error!(lane = lane.lane, used, max, "SPOOL ALMOST FULL (80%): the uplink has been down long; shares will be refused when it is full");
+            metrics::counter!("quarry_edge_spool_full_alerts_total").increment(1);
+        }
+        self.usage_alerted = high;
+        metrics::gauge!("quarry_edge_spool_bytes", "lane" => lane.lane.to_string())
+            .set(used as f64);
+    }
+
+    fn sync_lane(&mut self, now: Instant) {
+        if now.duration_since(self.last_sync) < LANE_SYNC_EVERY {
+            return;
+        }
+        self.last_sync = now;
+        if let Some(lane) = self.lane.as_mut() {
+            if let Err(e) = lane.sync() {
+                tracing::error!(lane = lane.lane, error = %e, "spool fsync failed");
+            }
+        }
+    }
+
     fn run(&mut self) {
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; 64 * 1024];
@@ -396,6 +504,7 @@ impl Connector {
                 }
             }
             let now = Instant::now();
+            self.sync_lane(now);
             if now.duration_since(last_tick) >= Duration::from_secs(1) {
                 last_tick = now;
                 let mut to_close = Vec::new();
@@ -421,6 +530,19 @@ impl Connector {
             match msg {
                 ConnectorMsg::Conn(stream, peer, slot, e1) => self.add(stream, peer, slot, e1),
                 ConnectorMsg::Jobs(book) => new_book = Some(book),
+                ConnectorMsg::TrimLane(index) => {
+                    if let Some(lane) = self.lane.as_mut() {
+                        if let Err(e) = lane.trim_through(index) {
+                            tracing::error!(lane = lane.lane, error = %e, "spool trim failed");
+                        }
+                    }
+                }
+                ConnectorMsg::DropAll => {
+                    let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                    for k in keys {
+                        self.close(k, None);
+                    }
+                }
             }
         }
         if let Some(book) = new_book {
@@ -523,6 +645,9 @@ impl Connector {
                 metrics::counter!("quarry_edge_malformed_lines_total")
                     .increment(counters.malformed_lines);
             }
+        }
+        if !self.events.is_empty() {
+            self.spool_events();
         }
         for ev in self.events.drain(..) {
             if let ShareEvent::Block(b) = &ev {

@@ -612,6 +612,7 @@ impl Session {
             achieved: v.achieved,
             received_at: wall,
             meets_upstream: v.meets_upstream,
+            spool_ref: None,
         };
         if v.is_block {
             events.push(ShareEvent::Block(BlockCandidate {

@@ -24,6 +24,8 @@ pub struct ShareRecord {
     pub received_at: SystemTime,
     /// Meets the upstream pool's target (proxy mining): forward it.
     pub meets_upstream: bool,
+    /// Where the edge spooled it: (lane, index), set by the connector before the miner's answer.
+    pub spool_ref: Option<(u16, u64)>,
 }
 
 /// A share whose hash meets the network target: submit the block now.

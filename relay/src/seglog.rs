@@ -523,6 +523,19 @@ impl SegLog {
         Ok(index)
     }
 
+    /// Hands every appended record to the kernel without fsync: they then survive the process
+    /// being killed (not a power loss). The edge calls this before telling a miner "accepted"
+    /// and leaves the fsync to group commit.
+    pub fn flush(&mut self) -> Result<(), SegLogError> {
+        self.check_poisoned()?;
+        let path = self.active_segment().path.clone();
+        if let Err(e) = self.active.flush() {
+            self.poisoned = true;
+            return Err(io_err("write", &path)(e));
+        }
+        Ok(())
+    }
+
     /// Makes every record appended so far durable: one write and one fsync for all of them.
     pub fn sync(&mut self) -> Result<(), SegLogError> {
         self.check_poisoned()?;

@@ -1,0 +1,160 @@
+//! Groups accepted shares into batches by count and by age (sans-IO).
+//!
+//! A batch leaves when it holds `max_shares` shares or its oldest share has waited
+//! `max_delay`, whichever comes first: big batches keep the uplink compact (the wire cost per
+//! share falls as a batch grows), the age bound keeps credit timely. Block candidates never wait
+//! here; the uplink sends them alone at once.
+
+use relay::wire::ShareData;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// A share waiting for its batch, with where it sits in the spool.
+#[derive(Clone, Debug)]
+pub struct PendingShare {
+    pub data: ShareData,
+    pub spool_ref: Option<(u16, u64)>,
+}
+
+/// What the batcher hands out: shares for one batch and how far into each lane they reach.
+#[derive(Clone, Debug, Default)]
+pub struct ReadyBatch {
+    pub shares: Vec<ShareData>,
+    pub marks: Vec<(u16, u64)>,
+}
+
+#[derive(Debug)]
+pub struct Batcher {
+    pending: Vec<PendingShare>,
+    oldest: Option<Instant>,
+    pub max_shares: usize,
+    pub max_delay: Duration,
+}
+
+impl Batcher {
+    pub fn new(max_shares: usize, max_delay: Duration) -> Self {
+        Batcher {
+            pending: Vec::new(),
+            oldest: None,
+            max_shares: max_shares.max(1),
+            max_delay,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub fn push(&mut self, share: PendingShare, now: Instant) {
+        if self.pending.is_empty() {
+            self.oldest = Some(now);
+        }
+        self.pending.push(share);
+    }
+
+    /// When the current batch must leave at the latest.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.oldest.map(|t| t + self.max_delay)
+    }
+
+    /// A full or aged batch, if one is due.
+    pub fn poll(&mut self, now: Instant) -> Option<ReadyBatch> {
+        let due =
+            self.pending.len() >= self.max_shares || self.deadline().is_some_and(|d| now >= d);
+        if !due || self.pending.is_empty() {
+            return None;
+        }
+        Some(self.take(self.max_shares))
+    }
+
+    /// Everything pending, now (shutdown).
+    pub fn drain(&mut self) -> Option<ReadyBatch> {
+        if self.pending.is_empty() {
+            None
+        } else {
+            Some(self.take(usize::MAX))
+        }
+    }
+
+    fn take(&mut self, n: usize) -> ReadyBatch {
+        let n = n.min(self.pending.len());
+        let rest = self.pending.split_off(n);
+        let taken = std::mem::replace(&mut self.pending, rest);
+        self.oldest = if self.pending.is_empty() {
+            None
+        } else {
+            // The remainder arrived after the taken ones; age them from now on conservatively.
+            self.oldest
+        };
+        let mut marks: BTreeMap<u16, u64> = BTreeMap::new();
+        let mut shares = Vec::with_capacity(taken.len());
+        for p in taken {
+            if let Some((lane, idx)) = p.spool_ref {
+                let m = marks.entry(lane).or_insert(idx);
+                *m = (*m).max(idx);
+            }
+            shares.push(p.data);
+        }
+        ReadyBatch {
+            shares,
+            marks: marks.into_iter().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay::work::{Difficulty, Extranonce, JobId};
+
+    fn share(lane: u16, idx: u64) -> PendingShare {
+        PendingShare {
+            data: ShareData {
+                worker: "a.b".into(),
+                job_id: JobId::new("1"),
+                extranonce1: Extranonce::from_hex("00010000").unwrap(),
+                extranonce2: Extranonce::from_hex("00000000").unwrap(),
+                ntime: 1,
+                nonce: idx as u32,
+                version: 0x2000_0000,
+                difficulty: Difficulty::new(1.0).unwrap(),
+                received_at_ms: 0,
+                meets_upstream: false,
+            },
+            spool_ref: Some((lane, idx)),
+        }
+    }
+
+    #[test]
+    fn full_batch_leaves_at_once_with_lane_marks() {
+        let t = Instant::now();
+        let mut b = Batcher::new(3, Duration::from_millis(200));
+        b.push(share(0, 5), t);
+        b.push(share(1, 9), t);
+        assert!(b.poll(t).is_none());
+        b.push(share(0, 6), t);
+        let r = b.poll(t).unwrap();
+        assert_eq!(r.shares.len(), 3);
+        assert_eq!(r.marks, vec![(0, 6), (1, 9)]);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn aged_batch_leaves_after_max_delay() {
+        let t = Instant::now();
+        let mut b = Batcher::new(100, Duration::from_millis(200));
+        b.push(share(0, 1), t);
+        b.push(share(0, 2), t + Duration::from_millis(150));
+        assert!(b.poll(t + Duration::from_millis(199)).is_none());
+        assert_eq!(b.deadline(), Some(t + Duration::from_millis(200)));
+        assert_eq!(
+            b.poll(t + Duration::from_millis(200)).unwrap().shares.len(),
+            2
+        );
+        assert_eq!(b.deadline(), None);
+    }
+}

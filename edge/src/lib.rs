@@ -6,7 +6,9 @@
 //! core: one validation path, never two.
 
 pub mod batcher;
+pub mod cli;
 pub mod config;
+pub mod edge_config;
 pub mod jobs;
 pub mod server;
 pub mod session;

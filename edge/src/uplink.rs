@@ -79,6 +79,53 @@ pub fn read_lease(spool_dir: &std::path::Path) -> Option<(Extranonce, u8)> {
     Some((Extranonce::from_hex(prefix).ok()?, size.parse().ok()?))
 }
 
+/// The Stratum server as the uplink sees it: it may start only after the first Welcome (a new
+/// edge learns its extranonce lease from the core), so jobs that arrive before are held.
+#[derive(Clone, Default)]
+pub struct ServerSlot {
+    inner: Arc<parking_lot::Mutex<SlotState>>,
+}
+
+#[derive(Default)]
+struct SlotState {
+    server: Option<Arc<ServerHandle>>,
+    held_job: Option<Arc<JobEntry>>,
+}
+
+impl ServerSlot {
+    pub fn set(&self, server: Arc<ServerHandle>) {
+        let mut st = self.inner.lock();
+        if let Some(job) = st.held_job.take() {
+            server.publish(job);
+        }
+        st.server = Some(server);
+    }
+
+    pub fn get(&self) -> Option<Arc<ServerHandle>> {
+        self.inner.lock().server.clone()
+    }
+
+    fn publish(&self, job: Arc<JobEntry>) {
+        let mut st = self.inner.lock();
+        match &st.server {
+            Some(s) => s.publish(job),
+            None => st.held_job = Some(job),
+        }
+    }
+
+    fn trim_lane(&self, lane: u16, index: u64) {
+        if let Some(s) = self.get() {
+            s.trim_lane(lane, index);
+        }
+    }
+
+    fn change_prefix(&self, prefix: Extranonce) {
+        if let Some(s) = self.get() {
+            s.change_prefix(prefix);
+        }
+    }
+}
+
 enum Event {
     Share(ShareEvent),
     Frame(u64, ControlFrame),
@@ -96,7 +143,9 @@ pub struct Uplink {
     spool: BatchSpool,
     batcher: Batcher,
     ctx: Option<BatchContext>,
-    server: Arc<ServerHandle>,
+    server: ServerSlot,
+    /// Told the lease of every Welcome (the binary waits for the first one on a new edge).
+    lease_tx: Option<crossbeam_channel::Sender<BatchContext>>,
     link: Option<Link>,
     next_link_id: u64,
     /// Shares in each unacked batch, for the pending-shares gauge and acked counters.
@@ -110,8 +159,9 @@ impl Uplink {
     pub fn new(
         cfg: UplinkConfig,
         spool: BatchSpool,
-        server: Arc<ServerHandle>,
+        server: ServerSlot,
         ctx: Option<BatchContext>,
+        lease_tx: Option<crossbeam_channel::Sender<BatchContext>>,
     ) -> Uplink {
         let batcher = Batcher::new(cfg.default_max_batch_shares, cfg.default_max_batch_delay);
         Uplink {
@@ -120,6 +170,7 @@ impl Uplink {
             batcher,
             ctx,
             server,
+            lease_tx,
             link: None,
             next_link_id: 0,
             batch_sizes: HashMap::new(),
@@ -378,6 +429,9 @@ impl Uplink {
                 format!("{} {}", w.lease_prefix, w.extranonce2_size).as_bytes(),
             )?;
             self.ctx = Some(ctx);
+        }
+        if let Some(tx) = &self.lease_tx {
+            let _ = tx.send(ctx);
         }
         let p = w.policies;
         self.batcher.max_shares = (p.max_batch_shares as usize).max(1);

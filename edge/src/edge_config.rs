@@ -1,0 +1,199 @@
+//! `quarry-edge` configuration (TOML); every key is documented in `deploy/edge.example.toml`.
+
+use crate::config::{load_toml, server_config, ConfigError, LimitsSection, StratumSection};
+use crate::server::ServerConfig;
+use crate::telemetry::LogFormat;
+use crate::uplink::CoreEndpoint;
+use relay::pow::PowAlgorithm;
+use relay::wire::EdgeId;
+use relay::work::{Extranonce, ExtranonceLayout};
+use serde::Deserialize;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfigFile {
+    pub edge: EdgeSection,
+    pub core: CoreSection,
+    #[serde(default)]
+    pub stratum: StratumSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSection {
+    /// This edge's identity; must match the id in its certificate.
+    pub id: String,
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    pub spool_dir: PathBuf,
+    #[serde(default = "default_spool_max")]
+    pub spool_max_bytes: u64,
+    #[serde(default = "default_job_age")]
+    pub max_job_age_secs: u64,
+}
+
+fn default_algorithm() -> String {
+    "scrypt".into()
+}
+fn default_spool_max() -> u64 {
+    4 << 30
+}
+fn default_job_age() -> u64 {
+    600
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreSection {
+    /// `host:port` of each core shard's gateway.
+    pub endpoints: Vec<String>,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Name to expect in the core's certificate (default: the endpoint's host).
+    pub server_name: Option<String>,
+    #[serde(default = "default_batch_shares")]
+    pub max_batch_shares: usize,
+    #[serde(default = "default_batch_delay")]
+    pub max_batch_delay_ms: u64,
+}
+
+fn default_batch_shares() -> usize {
+    100
+}
+fn default_batch_delay() -> u64 {
+    200
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9101)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    pub format: LogFormat,
+}
+
+/// A checked edge configuration.
+#[derive(Debug)]
+pub struct EdgeConfig {
+    pub file: PathBuf,
+    pub edge_id: EdgeId,
+    pub algorithm: PowAlgorithm,
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub max_job_age: Duration,
+    pub endpoints: Vec<CoreEndpoint>,
+    pub client: quinn::ClientConfig,
+    pub max_batch_shares: usize,
+    pub max_batch_delay: Duration,
+    pub stratum: StratumSection,
+    pub limits: LimitsSection,
+    pub metrics_listen: SocketAddr,
+    pub log_format: LogFormat,
+}
+
+fn invalid(file: &Path, key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_path_buf(),
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+impl EdgeConfig {
+    pub fn load(file: &Path) -> Result<EdgeConfig, ConfigError> {
+        let raw: EdgeConfigFile = load_toml(file)?;
+        let edge_id = EdgeId::new(raw.edge.id.clone())
+            .map_err(|e| invalid(file, "edge.id", e.to_string()))?;
+        let algorithm: PowAlgorithm = raw
+            .edge
+            .algorithm
+            .parse()
+            .map_err(|e: String| invalid(file, "edge.algorithm", e))?;
+        if raw.core.endpoints.is_empty() {
+            return Err(invalid(file, "core.endpoints", "at least one core endpoint is needed"));
+        }
+        let mut endpoints = Vec::new();
+        for (i, ep) in raw.core.endpoints.iter().enumerate() {
+            let key = format!("core.endpoints[{i}]");
+            let addr = ep
+                .to_socket_addrs()
+                .map_err(|e| invalid(file, &key, format!("'{ep}': {e}")))?
+                .next()
+                .ok_or_else(|| invalid(file, &key, format!("'{ep}' resolves to no address")))?;
+            let host = ep.rsplit_once(':').map_or(ep.as_str(), |(h, _)| h);
+            endpoints.push(CoreEndpoint {
+                name: ep.clone(),
+                addr,
+                server_name: raw
+                    .core
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string()),
+            });
+        }
+        let load = |key: &str, r: relay::quic::Result<_>| r.map_err(|e| invalid(file, key, e.to_string()));
+        let ca = load("core.ca", relay::quic::certs::load_cert_chain(&raw.core.ca))?;
+        let chain = load("core.cert", relay::quic::certs::load_cert_chain(&raw.core.cert))?;
+        let key = relay::quic::certs::load_private_key(&raw.core.key)
+            .map_err(|e| invalid(file, "core.key", e.to_string()))?;
+        let client = relay::quic::endpoint::client_config(&ca, chain, key)
+            .map_err(|e| invalid(file, "core.cert", e.to_string()))?;
+        // Checks the Stratum and limits sections now, so a bad value fails at start.
+        let layout = ExtranonceLayout::default();
+        server_config(
+            file,
+            &raw.stratum,
+            &raw.limits,
+            algorithm,
+            layout,
+            layout.edge_prefix(0, 0).map_err(|e| invalid(file, "edge", e.to_string()))?,
+        )?;
+        Ok(EdgeConfig {
+            file: file.to_path_buf(),
+            edge_id,
+            algorithm,
+            spool_dir: raw.edge.spool_dir,
+            spool_max_bytes: raw.edge.spool_max_bytes,
+            max_job_age: Duration::from_secs(raw.edge.max_job_age_secs),
+            endpoints,
+            client,
+            max_batch_shares: raw.core.max_batch_shares.max(1),
+            max_batch_delay: Duration::from_millis(raw.core.max_batch_delay_ms),
+            stratum: raw.stratum,
+            limits: raw.limits,
+            metrics_listen: raw.metrics.listen,
+            log_format: raw.log.format,
+        })
+    }
+
+    /// The Stratum server configuration under the lease the core gave us.
+    pub fn server_config(&self, prefix: Extranonce, extranonce2_size: u8) -> Result<ServerConfig, ConfigError> {
+        let layout = ExtranonceLayout {
+            extranonce2_len: extranonce2_size as usize,
+            ..ExtranonceLayout::default()
+        };
+        server_config(&self.file, &self.stratum, &self.limits, self.algorithm, layout, prefix)
+    }
+}

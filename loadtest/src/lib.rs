@@ -6,6 +6,7 @@
 //! The `quarry-loadtest` binary is a thin shell over [`cli`].
 
 pub mod cli;
+pub mod impair;
 pub mod miner;
 pub mod process;
 pub mod stack;

@@ -37,6 +37,17 @@ enum Command {
         #[command(subcommand)]
         action: CertsAction,
     },
+    /// Prints every credited share of a shard journal as one JSON object per line.
+    ///
+    /// Fields: worker, job_id, extranonce1, extranonce2 (hex), ntime, nonce, version (8 hex
+    /// digits as in mining.submit), difficulty, edge, epoch, seq, kind (batch|block), index,
+    /// received_at_ms. Each (edge, epoch, seq) once; shares refused by the audit are left out.
+    /// Safe on the journal of a running core (it then reads a snapshot copy).
+    JournalDump {
+        /// The journal folder (`gateway.journal_dir`).
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Certs { action } => certs(action),
+        Command::JournalDump { dir } => journal_dump(&dir),
         Command::Run { config } => {
             let cfg = CoreConfig::load(&config)?;
             edge::telemetry::init_logging(cfg.log_format);
@@ -98,6 +110,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let service = CoreService::start(&cfg)?;
             tracing::info!(
                 stratum = %format!("stratum+tcp://{}", service.stratum_addr()),
+                gateway = %service
+                    .gateway_addr()
+                    .map_or_else(|| "off".to_string(), |a| format!("quic://{a}")),
                 metrics = %format!("http://{metrics}/metrics"),
                 "quarry-core running"
             );
@@ -113,6 +128,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn journal_dump(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut reader = crate::journal::JournalReader::open(dir)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    for share in reader.shares()? {
+        writeln!(out, "{}", share?.to_json())?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 fn certs(action: CertsAction) -> anyhow::Result<()> {

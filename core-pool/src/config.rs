@@ -2,6 +2,7 @@
 //! Unknown keys are errors; every error names the file, the key and the reason.
 
 use crate::daemon::rpc::{RpcAuth, RpcClientConfig};
+use crate::gateway::GatewayConfig;
 use crate::jobs::JobManagerConfig;
 use edge::config::{load_toml, ConfigError, LimitsSection, StratumSection};
 use edge::server::ServerConfig;
@@ -29,6 +30,8 @@ pub struct CoreConfigFile {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub log: LogSection,
+    /// Remote edges; no section, no gateway.
+    pub gateway: Option<GatewaySection>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -107,6 +110,46 @@ impl Default for MetricsSection {
     }
 }
 
+/// `[gateway]`: the QUIC endpoint remote edges connect to.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    #[serde(default = "default_gateway_listen")]
+    pub listen: SocketAddr,
+    /// The core's certificate (PEM), from `quarry-core certs core`.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The operator CA certificate edges' certificates must chain to (PEM).
+    pub ca: PathBuf,
+    /// The shard journal and the edge lease map.
+    pub journal_dir: PathBuf,
+    #[serde(default = "default_audit_per_mille")]
+    pub audit_per_mille: u16,
+    #[serde(default = "default_max_batch_shares")]
+    pub max_batch_shares: u16,
+    #[serde(default = "default_max_batch_delay_ms")]
+    pub max_batch_delay_ms: u32,
+    #[serde(default = "default_gateway_ban_secs")]
+    pub ban_secs: u64,
+}
+
+fn default_gateway_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 4444))
+}
+fn default_audit_per_mille() -> u16 {
+    20
+}
+fn default_max_batch_shares() -> u16 {
+    100
+}
+fn default_max_batch_delay_ms() -> u32 {
+    200
+}
+fn default_gateway_ban_secs() -> u64 {
+    600
+}
+
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSection {
@@ -125,6 +168,8 @@ pub struct CoreConfig {
     pub layout: ExtranonceLayout,
     pub metrics_listen: SocketAddr,
     pub log_format: LogFormat,
+    /// The edge gateway, when `[gateway]` is present.
+    pub gateway: Option<GatewayConfig>,
 }
 
 fn invalid(file: &Path, key: &str, reason: impl Into<String>) -> ConfigError {
@@ -226,6 +271,16 @@ impl CoreConfig {
         jobs.refresh_interval = Duration::from_secs(raw.jobs.refresh_secs.max(1));
         jobs.poll_interval = Duration::from_millis(raw.jobs.poll_ms.max(50));
         jobs.longpoll = raw.jobs.longpoll;
+        let gateway = match raw.gateway {
+            None => None,
+            Some(g) => Some(gateway_config(
+                file,
+                g,
+                raw.pool.shard_id,
+                layout,
+                algorithm,
+            )?),
+        };
         Ok(CoreConfig {
             file: file.to_path_buf(),
             algorithm,
@@ -236,8 +291,51 @@ impl CoreConfig {
             layout,
             metrics_listen: raw.metrics.listen,
             log_format: raw.log.format,
+            gateway,
         })
     }
+}
+
+fn gateway_config(
+    file: &Path,
+    g: GatewaySection,
+    shard_id: u8,
+    layout: ExtranonceLayout,
+    algorithm: PowAlgorithm,
+) -> Result<GatewayConfig, ConfigError> {
+    if g.audit_per_mille > 1000 {
+        return Err(invalid(
+            file,
+            "gateway.audit_per_mille",
+            format!("{} is over 1000 (every share)", g.audit_per_mille),
+        ));
+    }
+    if g.max_batch_shares == 0 {
+        return Err(invalid(
+            file,
+            "gateway.max_batch_shares",
+            "must be at least 1",
+        ));
+    }
+    for (key, path) in [
+        ("gateway.cert", &g.cert),
+        ("gateway.key", &g.key),
+        ("gateway.ca", &g.ca),
+        ("gateway.journal_dir", &g.journal_dir),
+    ] {
+        if path.as_os_str().is_empty() {
+            return Err(invalid(file, key, "must not be empty"));
+        }
+    }
+    let mut c = GatewayConfig::new(g.listen, g.cert, g.key, g.ca, g.journal_dir);
+    c.policies.audit_per_mille = g.audit_per_mille;
+    c.policies.max_batch_shares = g.max_batch_shares;
+    c.policies.max_batch_delay_ms = g.max_batch_delay_ms;
+    c.ban = Duration::from_secs(g.ban_secs);
+    c.shard_id = shard_id;
+    c.layout = layout;
+    c.algorithm = algorithm;
+    Ok(c)
 }
 
 #[cfg(test)]
@@ -273,6 +371,35 @@ password = "p"
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/core.example.toml");
         let c = CoreConfig::load(&path).unwrap();
         assert_eq!(c.server.max_connections, 15_000);
+        let g = c.gateway.expect("the example enables the gateway");
+        assert_eq!(g.listen, SocketAddr::from(([0, 0, 0, 0], 4444)));
+        assert_eq!(g.policies.audit_per_mille, 20);
+        assert_eq!(g.policies.max_batch_shares, 100);
+        assert_eq!(g.policies.max_batch_delay_ms, 200);
+        assert_eq!(g.ban, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn gateway_section_is_optional_and_checked() {
+        assert!(load(OK).unwrap().gateway.is_none());
+        let gw = "\n[gateway]\ncert = \"c.crt\"\nkey = \"c.key\"\n\
+                  ca = \"ca.crt\"\njournal_dir = \"j\"\n";
+        let c = load(&format!("{OK}{gw}")).unwrap();
+        let g = c.gateway.unwrap();
+        assert_eq!(g.policies.audit_per_mille, 20);
+        assert_eq!(g.shard_id, 0);
+        let e = load(&format!("{OK}{gw}audit_per_mille = 1001\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gateway.audit_per_mille"), "{e}");
+        let e = load(&format!("{OK}{gw}max_batch_shares = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gateway.max_batch_shares"), "{e}");
+        let e = load(&format!("{OK}\n[gateway]\ncert = \"c\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key") && e.contains(".toml"), "{e}");
     }
 
     #[test]

@@ -94,6 +94,11 @@ pub enum JobError {
 }
 
 /// Decides when a template becomes a new job. No I/O, no clock: `now` is passed in.
+///
+/// Job ids count up from the planner's creation time in Unix milliseconds, so they are unique
+/// across core restarts too: an edge may replay shares for jobs issued before a restart, and
+/// they must never be mistaken for shares of a new job that reused the id. (A restart would have
+/// to come sooner than one millisecond per job made before it for ids to collide.)
 pub struct JobPlanner {
     coinbase: CoinbaseConfig,
     refresh_interval: Duration,
@@ -112,9 +117,15 @@ impl JobPlanner {
             coinbase,
             refresh_interval,
             tx_update_interval,
-            next_id: 1,
+            next_id: first_job_id(),
             current: None,
         }
+    }
+
+    /// Starts the id counter at `id` instead of the current time (tests).
+    pub fn with_first_id(mut self, id: u64) -> Self {
+        self.next_id = id;
+        self
     }
 
     pub fn current(&self) -> Option<&Arc<PoolJob>> {
@@ -178,6 +189,16 @@ impl JobPlanner {
         self.current = Some(pool_job.clone());
         Ok(Some(pool_job))
     }
+}
+
+/// The first job id of a new planner: the Unix time in milliseconds (1 if the clock is before
+/// 1970).
+fn first_job_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+        .max(1)
 }
 
 /// Settings of a [`JobManager`].
@@ -732,7 +753,7 @@ mod tests {
     fn same_template_makes_no_job_until_the_refresh_timer() {
         let mut p = planner();
         let t0 = Instant::now();
-        p.on_template(template(), t0).expect("ok");
+        let first = p.on_template(template(), t0).expect("ok").expect("job");
         assert!(p
             .on_template(template(), t0 + Duration::from_secs(29))
             .expect("ok")
@@ -743,7 +764,7 @@ mod tests {
             .expect("refresh");
         assert!(!job.job.clean_jobs);
         assert_eq!(job.reason, JobReason::Refresh);
-        assert_ne!(job.job.id, JobId::from_counter(1));
+        assert_ne!(job.job.id, first.job.id);
     }
 
     #[test]
@@ -794,8 +815,36 @@ mod tests {
     }
 
     #[test]
+    fn job_ids_start_from_the_clock_so_a_restarted_core_never_reuses_one() {
+        let t0 = Instant::now();
+        let mut before = planner();
+        let old = before
+            .on_template(template(), t0)
+            .expect("ok")
+            .expect("job");
+        let mut t = template();
+        for i in 0..3 {
+            t = next_block(&t);
+            t.previous_block_hash = Hash256([i + 1; 32]);
+            before.on_template(t.clone(), t0).expect("ok");
+        }
+        let last_old = before.current().expect("current").job.id.clone();
+        std::thread::sleep(Duration::from_millis(5));
+        let mut after = planner();
+        let new = after.on_template(template(), t0).expect("ok").expect("job");
+        let n = |id: &JobId| u64::from_str_radix(id.as_str(), 16).expect("hex id");
+        assert!(n(&old.job.id) > 1_600_000_000_000, "{}", old.job.id);
+        assert!(
+            n(&new.job.id) > n(&last_old),
+            "{} vs {}",
+            new.job.id,
+            last_old
+        );
+    }
+
+    #[test]
     fn job_ids_are_distinct_and_increasing() {
-        let mut p = planner();
+        let mut p = planner().with_first_id(1);
         let t0 = Instant::now();
         let mut t = template();
         let mut ids = Vec::new();

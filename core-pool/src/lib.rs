@@ -7,10 +7,16 @@
 //! - [`jobs`]: the job manager, which turns templates into Stratum jobs for the edges and
 //!   publishes blocks when a share meets the network target.
 //! - [`regtest`]: a two-node litecoind regtest network for tests and demos.
+//! - [`gateway`]: the QUIC endpoint remote edges send their shares to, with the shard
+//!   [`journal`] (durable, exactly-once), stable extranonce [`leases`] and the [`ledger`].
 
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod gateway;
 pub mod jobs;
+pub mod journal;
+pub mod leases;
+pub mod ledger;
 pub mod regtest;
 pub mod service;

@@ -6,55 +6,32 @@
 //! connectors ──ShareEvent──▶ share processor ──BlockCandidate──▶ block submitter ──▶ daemon
 //! Blocks get their own thread so a slow `submitblock` never holds up crediting, and crediting
 //! never delays a block.
+//!
+//! With a `[gateway]` section, the edge [`Gateway`] runs beside them, sharing the job manager
+//! (jobs out, blocks in) and the ledger (which it first rebuilds from the shard journal).
 
 use crate::config::CoreConfig;
 use crate::daemon::rpc::{DaemonPool, RpcClient};
+use crate::gateway::{Gateway, JobSource};
 use crate::jobs::{BlockCandidate as DaemonCandidate, JobManager};
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
 use edge::jobs::JobEntry;
 use edge::server::ServerHandle;
 use edge::share::ShareEvent;
-use parking_lot::Mutex;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Credited work per worker, in difficulty-1 units (the basis of every reward scheme).
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct WorkerTally {
-    pub shares: u64,
-    pub work: f64,
-    pub blocks: u64,
-}
-
-/// In-memory credit book of this process (the durable journal arrives with the edge gateway).
-#[derive(Default)]
-pub struct Ledger {
-    workers: Mutex<HashMap<Arc<str>, WorkerTally>>,
-}
-
-impl Ledger {
-    pub fn credit(&self, worker: &Arc<str>, difficulty: f64, block: bool) {
-        let mut w = self.workers.lock();
-        let t = w.entry(worker.clone()).or_default();
-        t.shares += 1;
-        t.work += difficulty;
-        t.blocks += block as u64;
-    }
-
-    pub fn snapshot(&self) -> HashMap<Arc<str>, WorkerTally> {
-        self.workers.lock().clone()
-    }
-}
+pub use crate::ledger::{Ledger, WorkerTally};
 
 pub struct CoreService {
     jobs: Arc<JobManager>,
     server: Arc<ServerHandle>,
     pub ledger: Arc<Ledger>,
+    gateway: Option<Gateway>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -73,6 +50,16 @@ impl CoreService {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let ledger = Arc::new(Ledger::default());
+        let gateway = match &cfg.gateway {
+            None => None,
+            Some(g) => {
+                let source: Arc<dyn JobSource> = jobs.clone();
+                Some(
+                    Gateway::start(g.clone(), source, ledger.clone())
+                        .context("starting the edge gateway")?,
+                )
+            }
+        };
         let (block_tx, block_rx) = crossbeam_channel::unbounded();
         let mut threads = Vec::new();
         {
@@ -119,6 +106,7 @@ impl CoreService {
             jobs,
             server,
             ledger,
+            gateway,
             stop,
             threads,
         })
@@ -132,7 +120,19 @@ impl CoreService {
         &self.jobs
     }
 
+    /// The edge gateway's UDP address, when it runs.
+    pub fn gateway_addr(&self) -> Option<SocketAddr> {
+        self.gateway.as_ref().map(Gateway::local_addr)
+    }
+
+    pub fn gateway(&self) -> Option<&Gateway> {
+        self.gateway.as_ref()
+    }
+
     pub fn shutdown(mut self) {
+        if let Some(g) = self.gateway.take() {
+            g.shutdown();
+        }
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads.drain(..) {
             let _ = t.join();

@@ -13,7 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "quarry-edge", version, about = "Quarry edge relay: local Stratum, validated shares, QUIC uplink")]
+#[command(
+    name = "quarry-edge",
+    version,
+    about = "Quarry edge relay: local Stratum, validated shares, QUIC uplink"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,7 +90,10 @@ fn serve(cfg: EdgeConfig) -> anyhow::Result<()> {
         lanes.push(w);
     }
     if !recovered.is_empty() {
-        tracing::info!(shares = recovered.len(), "recovered shares from the spool that no batch covered yet");
+        tracing::info!(
+            shares = recovered.len(),
+            "recovered shares from the spool that no batch covered yet"
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -136,7 +143,9 @@ fn serve(cfg: EdgeConfig) -> anyhow::Result<()> {
     };
     let mut server_cfg = cfg.server_config(ctx.lease_prefix, ctx.extranonce2_size)?;
     server_cfg.threads = threads;
-    let server = Arc::new(crate::server::start_with_spool(server_cfg, share_tx, lanes)?);
+    let server = Arc::new(crate::server::start_with_spool(
+        server_cfg, share_tx, lanes,
+    )?);
     slot.set(server.clone());
     println!(
         "edge stratum: stratum+tcp://{}  metrics: http://{metrics}/metrics",

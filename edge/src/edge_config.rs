@@ -132,7 +132,11 @@ impl EdgeConfig {
             .parse()
             .map_err(|e: String| invalid(file, "edge.algorithm", e))?;
         if raw.core.endpoints.is_empty() {
-            return Err(invalid(file, "core.endpoints", "at least one core endpoint is needed"));
+            return Err(invalid(
+                file,
+                "core.endpoints",
+                "at least one core endpoint is needed",
+            ));
         }
         let mut endpoints = Vec::new();
         for (i, ep) in raw.core.endpoints.iter().enumerate() {
@@ -153,9 +157,13 @@ impl EdgeConfig {
                     .unwrap_or_else(|| host.trim_matches(['[', ']']).to_string()),
             });
         }
-        let load = |key: &str, r: relay::quic::Result<_>| r.map_err(|e| invalid(file, key, e.to_string()));
+        let load =
+            |key: &str, r: relay::quic::Result<_>| r.map_err(|e| invalid(file, key, e.to_string()));
         let ca = load("core.ca", relay::quic::certs::load_cert_chain(&raw.core.ca))?;
-        let chain = load("core.cert", relay::quic::certs::load_cert_chain(&raw.core.cert))?;
+        let chain = load(
+            "core.cert",
+            relay::quic::certs::load_cert_chain(&raw.core.cert),
+        )?;
         let key = relay::quic::certs::load_private_key(&raw.core.key)
             .map_err(|e| invalid(file, "core.key", e.to_string()))?;
         let client = relay::quic::endpoint::client_config(&ca, chain, key)
@@ -168,7 +176,9 @@ impl EdgeConfig {
             &raw.limits,
             algorithm,
             layout,
-            layout.edge_prefix(0, 0).map_err(|e| invalid(file, "edge", e.to_string()))?,
+            layout
+                .edge_prefix(0, 0)
+                .map_err(|e| invalid(file, "edge", e.to_string()))?,
         )?;
         Ok(EdgeConfig {
             file: file.to_path_buf(),
@@ -189,11 +199,22 @@ impl EdgeConfig {
     }
 
     /// The Stratum server configuration under the lease the core gave us.
-    pub fn server_config(&self, prefix: Extranonce, extranonce2_size: u8) -> Result<ServerConfig, ConfigError> {
+    pub fn server_config(
+        &self,
+        prefix: Extranonce,
+        extranonce2_size: u8,
+    ) -> Result<ServerConfig, ConfigError> {
         let layout = ExtranonceLayout {
             extranonce2_len: extranonce2_size as usize,
             ..ExtranonceLayout::default()
         };
-        server_config(&self.file, &self.stratum, &self.limits, self.algorithm, layout, prefix)
+        server_config(
+            &self.file,
+            &self.stratum,
+            &self.limits,
+            self.algorithm,
+            layout,
+            prefix,
+        )
     }
 }

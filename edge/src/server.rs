@@ -690,7 +690,7 @@ impl Connector {
             }
         }
         c.out.drain(..written);
-        if c.out.is_empty() && c.out.capacity() > 4096 {
+        if c.out.is_empty() && c.out.capacity() > 512 {
             c.out = Vec::new();
         }
         let too_slow = c.out.len() > self.cfg.max_pending_output;

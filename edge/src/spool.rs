@@ -47,7 +47,7 @@ pub struct LaneWriter {
 
 impl LaneWriter {
     pub fn open(dir: &Path, lane: u16, cfg: SegLogConfig) -> Result<LaneWriter, SpoolError> {
-        let (log, recovery) = SegLog::open(&dir.join(format!("lane-{lane}")), cfg)?;
+        let (log, recovery) = SegLog::open(dir.join(format!("lane-{lane}")), cfg)?;
         if recovery.truncated_bytes > 0 {
             tracing::warn!(
                 lane,
@@ -185,7 +185,7 @@ impl BatchSpool {
             path: dir.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let (mut log, recovery) = SegLog::open(&dir.join("batches"), cfg)?;
+        let (mut log, recovery) = SegLog::open(dir.join("batches"), cfg)?;
         if recovery.truncated_bytes > 0 {
             tracing::warn!(
                 dropped_bytes = recovery.truncated_bytes,
@@ -241,12 +241,20 @@ impl BatchSpool {
         Ok(())
     }
 
-    /// Takes the next sequence number. (It is persisted at each ack, so a fully acked spool
-    /// continues its sequence; an unused number is harmless.)
+    /// Takes the next sequence number (persisted at each ack, so a fully acked spool continues
+    /// its sequence). A number taken but not spooled must be given back with
+    /// [`BatchSpool::give_back_seq`]: the core acks only contiguous sequences.
     pub fn take_seq(&mut self) -> Result<u64, SpoolError> {
         let seq = self.next_seq;
         self.next_seq += 1;
         Ok(seq)
+    }
+
+    /// Returns the number just taken when its batch could not be spooled.
+    pub fn give_back_seq(&mut self, seq: u64) {
+        if self.next_seq == seq + 1 {
+            self.next_seq = seq;
+        }
     }
 
     /// The core's high-water mark is a floor for our sequence (a lost spool must not reuse it).

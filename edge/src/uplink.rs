@@ -67,7 +67,7 @@ pub fn rendezvous_order(edge_id: &str, endpoints: &[CoreEndpoint]) -> Vec<CoreEn
             (h.finalize().into(), e.clone())
         })
         .collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored.sort_by_key(|s| std::cmp::Reverse(s.0));
     scored.into_iter().map(|(_, e)| e).collect()
 }
 
@@ -560,20 +560,32 @@ impl Uplink {
                 let stream = match msg.to_bytes() {
                     Ok(s) => s.to_vec(),
                     Err(e) => {
+                        self.spool.give_back_seq(seq);
                         tracing::error!(error = %e, "cannot encode a block candidate");
                         return;
                     }
                 };
-                // Send first: a block is a race. The spool write follows at once.
-                self.send_stream(stream.clone(), true);
-                metrics::counter!("quarry_edge_blocks_sent_total").increment(1);
+                // Durable first (one fsync, ~ms), then at once on its own stream: a block sent
+                // but not spooled could be batched again after a crash and credited twice.
                 let marks = b.share.spool_ref.into_iter().collect();
-                self.persist(SpooledBatch { seq, marks, stream }, 1);
+                if self.persist(
+                    SpooledBatch {
+                        seq,
+                        marks,
+                        stream: stream.clone(),
+                    },
+                    1,
+                ) {
+                    self.send_stream(stream, true);
+                    metrics::counter!("quarry_edge_blocks_sent_total").increment(1);
+                }
             }
         }
     }
 
-    fn persist(&mut self, batch: SpooledBatch, shares: usize) {
+    /// Spools a batch; on failure gives its sequence number back, because the core acks only
+    /// contiguous sequences and a number never sent would stall every later ack.
+    fn persist(&mut self, batch: SpooledBatch, shares: usize) -> bool {
         let seq = batch.seq;
         let marks = batch.marks.clone();
         match self.spool.append(batch) {
@@ -582,10 +594,13 @@ impl Uplink {
                 for (lane, idx) in marks {
                     self.server.trim_lane(lane, idx);
                 }
+                true
             }
             Err(e) => {
+                self.spool.give_back_seq(seq);
                 metrics::counter!("quarry_edge_spool_errors_total").increment(1);
                 tracing::error!(seq, error = %e, "BATCH SPOOL WRITE FAILED: the shares stay in their lanes and are batched again after a restart");
+                false
             }
         }
     }
@@ -614,6 +629,7 @@ impl Uplink {
         }) {
             Ok(b) => b,
             Err(e) => {
+                self.spool.give_back_seq(seq);
                 tracing::error!(error = %e, shares = n, "cannot encode a batch; its shares stay in the spool lanes");
                 return;
             }
@@ -621,19 +637,22 @@ impl Uplink {
         let stream = match batch.to_bytes(&ctx) {
             Ok(b) => b.to_vec(),
             Err(e) => {
+                self.spool.give_back_seq(seq);
                 tracing::error!(error = %e, "cannot encode a batch");
                 return;
             }
         };
         metrics::counter!("quarry_edge_wire_bytes_total").increment(stream.len() as u64);
-        self.persist(
+        if !self.persist(
             SpooledBatch {
                 seq,
                 marks: ready.marks,
                 stream: stream.clone(),
             },
             n,
-        );
+        ) {
+            return;
+        }
         self.send_stream(stream, false);
         metrics::counter!("quarry_edge_batches_sent_total").increment(1);
         metrics::counter!("quarry_edge_shares_sent_total").increment(n as u64);

@@ -6,7 +6,8 @@
 //!
 //! [`ShareCounts`]: crate::miner::ShareCounts
 
-use crate::miner::{self, ProfileChoice, RunConfig, ShareMix, StratumUrl};
+use crate::miner::mio_runner::SourceAddrs;
+use crate::miner::{Engine, ProfileChoice, RunConfig, ShareMix, StratumUrl};
 use clap::{Args, Parser, Subcommand};
 use relay::work::Difficulty;
 use relay::PowAlgorithm;
@@ -32,6 +33,79 @@ pub enum Command {
     Miners(MinersArgs),
     /// Run the whole local stack: litecoind (regtest), quarry-core and CPU miners.
     Stack(StackArgs),
+    /// Serve synthetic mainnet-shaped jobs with the real edge Stratum server, counting the
+    /// shares it accepts (a harness for measuring the server alone).
+    SyntheticPool(SyntheticPoolArgs),
+    /// Measure the edge Stratum server: memory per idle connection and share round trip, with
+    /// `synthetic-pool` as a child process.
+    BenchStratum(BenchStratumArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SyntheticPoolArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3333")]
+    pub listen: std::net::SocketAddr,
+    /// Proof-of-work algorithm: scrypt or sha256d.
+    #[arg(long, default_value = "sha256d")]
+    pub algo: PowAlgorithm,
+    /// Share difficulty, fixed for every connection (e.g. 9.3e-10 ≈ 2^-30).
+    #[arg(long, default_value_t = 1.0)]
+    pub difficulty: f64,
+    /// Connector threads; 0 means one per core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 19_000)]
+    pub max_connections: usize,
+    /// Seconds between new jobs (every fourth one is clean).
+    #[arg(long, default_value_t = 30.0)]
+    pub job_interval: f64,
+    /// Seconds between status lines.
+    #[arg(long, default_value_t = 5.0)]
+    pub report_every: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchStratumArgs {
+    /// Miners submitting shares in the round-trip phase.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Idle miners in the memory phase (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_connections: usize,
+    /// Seconds of the round-trip phase (after the connections opened).
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Shares per second of all miners together.
+    #[arg(long, default_value_t = 3000.0)]
+    pub rate: f64,
+    /// Share difficulty (sha256d); the default 2^-30 costs ~4 hashes per share.
+    #[arg(long, default_value_t = 9.313225746154785e-10)]
+    pub difficulty: f64,
+    /// Connector threads of the server; 0 means one per core.
+    #[arg(long, default_value_t = 0)]
+    pub server_threads: usize,
+    /// Event-loop threads of the miners; 0 means one per core.
+    #[arg(long, default_value_t = 0)]
+    pub client_threads: usize,
+    /// Source addresses of the miners' sockets, e.g. `127.0.0.1-4`.
+    #[arg(long, default_value = "127.0.0.1-4")]
+    pub source_addrs: SourceAddrs,
+    /// Connections opened per second.
+    #[arg(long, default_value_t = 2000.0)]
+    pub ramp: f64,
+    /// asic, nicehash, cpuminer, or mixed (the three in turn).
+    #[arg(long, default_value = "mixed")]
+    pub profile: ProfileChoice,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// The server's log file (default: in the temp dir).
+    #[arg(long)]
+    pub server_log: Option<std::path::PathBuf>,
+    /// Seconds between the server's new jobs (each is broadcast to every connection).
+    #[arg(long, default_value_t = 30.0)]
+    pub job_interval: f64,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +171,19 @@ pub struct MinersArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// mio (event loops, for many miners) or threads (one per miner); default mio above 64.
+    #[arg(long)]
+    pub engine: Option<Engine>,
+    /// Event-loop threads of the mio engine; 0 means one per core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Source addresses to bind the miners' sockets to, in turn: `127.0.0.1,127.0.0.2` or
+    /// `127.0.0.1-16` (mio engine).
+    #[arg(long, default_value = "")]
+    pub source_addrs: SourceAddrs,
+    /// Connections opened per second at the start (mio engine; default all at once).
+    #[arg(long)]
+    pub ramp: Option<f64>,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration, String> {
@@ -120,7 +207,15 @@ impl MinersArgs {
         c.churn = self.churn.map(|s| secs("churn", s)).transpose()?;
         c.progress_every = secs("progress", self.progress)?.max(Duration::from_millis(100));
         c.seed = self.seed;
+        c.threads = self.threads;
+        c.source_addrs = self.source_addrs.0.clone();
+        c.ramp = self.ramp;
         Ok(c)
+    }
+
+    /// The engine asked for, or the default for the miner count.
+    pub fn engine(&self) -> Engine {
+        self.engine.unwrap_or(Engine::for_count(self.count))
     }
 }
 
@@ -149,6 +244,90 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::SyntheticPool(args) => match synthetic_pool(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::BenchStratum(args) => match bench_stratum(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn synthetic_pool(args: &SyntheticPoolArgs) -> anyhow::Result<()> {
+    use crate::synthetic_pool::{SyntheticPool, SyntheticPoolConfig};
+    use anyhow::Context;
+    let limit = crate::miner::mio_runner::raise_open_files_limit()
+        .context("raising the open files limit")?;
+    let difficulty =
+        Difficulty::new(args.difficulty).map_err(|e| anyhow::anyhow!("--difficulty: {e}"))?;
+    let mut cfg = SyntheticPoolConfig::new(args.listen, args.algo, difficulty);
+    cfg.threads = args.threads;
+    cfg.max_connections = args.max_connections;
+    cfg.job_interval = secs("job-interval", args.job_interval).map_err(anyhow::Error::msg)?;
+    let report_every = secs("report-every", args.report_every).map_err(anyhow::Error::msg)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let mut pool = SyntheticPool::start(cfg.clone())
+        .with_context(|| format!("starting the edge server on {}", args.listen))?;
+    println!(
+        "synthetic-pool listening on {} ({}, difficulty {}, {} connector threads, open files limit {limit})",
+        pool.local_addr(),
+        cfg.algorithm,
+        args.difficulty,
+        if cfg.threads == 0 { "one per core".to_string() } else { cfg.threads.to_string() }
+    );
+    let start = std::time::Instant::now();
+    let tally = pool.serve(
+        &stop,
+        report_every.max(Duration::from_millis(100)),
+        |line| println!("{line}"),
+    );
+    println!("{}", pool.status(start.elapsed(), tally, 0.0));
+    Ok(())
+}
+
+fn bench_stratum(args: &BenchStratumArgs) -> anyhow::Result<ExitCode> {
+    use crate::bench_stratum::BenchConfig;
+    let cfg = BenchConfig {
+        connections: args.connections,
+        idle_connections: args.idle_connections,
+        duration: secs("duration", args.duration).map_err(anyhow::Error::msg)?,
+        rate: args.rate,
+        difficulty: args.difficulty,
+        server_threads: args.server_threads,
+        client_threads: args.client_threads,
+        source_addrs: args.source_addrs.0.clone(),
+        ramp: args.ramp,
+        profile: args.profile,
+        server_log: args.server_log.clone(),
+        job_interval: args.job_interval,
+    };
+    let report = crate::bench_stratum::run(&cfg, |line| info!("{line}"))?;
+    if let Some(out) = &args.out {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(out, json + "\n")
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+    }
+    println!("{report}");
+    let r = &report.round_trip;
+    let agree = r.server_accepted.is_none_or(|n| n == r.accepted);
+    if r.miners.shares.pool_verdicts_correct() && agree {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        if !agree {
+            tracing::error!(client = r.accepted, server = ?r.server_accepted, "accepted share counts disagree");
+        }
+        Ok(ExitCode::from(2))
     }
 }
 
@@ -160,12 +339,18 @@ fn miners(args: &MinersArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let engine = args.engine();
+    if engine == Engine::Mio {
+        if let Err(e) = crate::miner::mio_runner::raise_open_files_limit() {
+            tracing::warn!("cannot raise the open files limit: {e}");
+        }
+    }
     info!(
         url = %config.url, miners = config.miners, algo = %config.algorithm,
-        hashrate = config.hashrate, profile = ?config.profile, "starting miners"
+        hashrate = config.hashrate, profile = ?config.profile, %engine, "starting miners"
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let stats = match miner::run(&config, stop, |p| info!("{p}")) {
+    let stats = match engine.run(&config, stop, |p| info!("{p}")) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{e}");
@@ -240,6 +425,65 @@ mod tests {
         assert_eq!(c.mix.duplicate, 0.1);
         assert_eq!(c.mix.low_difficulty, 0.05);
         assert_eq!(c.churn, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn engine_defaults_to_mio_above_64_miners_and_new_knobs_reach_the_run_config() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["quarry-loadtest", "miners"];
+            argv.extend_from_slice(extra);
+            let Command::Miners(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("expected the miners subcommand")
+            };
+            args
+        };
+        assert_eq!(parse(&["--count", "64"]).engine(), Engine::Threads);
+        assert_eq!(parse(&["--count", "65"]).engine(), Engine::Mio);
+        assert_eq!(
+            parse(&["--count", "9", "--engine", "mio"]).engine(),
+            Engine::Mio
+        );
+        let c = parse(&[
+            "--source-addrs",
+            "127.0.0.1-3",
+            "--ramp",
+            "500",
+            "--threads",
+            "3",
+        ])
+        .to_config()
+        .unwrap();
+        assert_eq!(c.source_addrs.len(), 3);
+        assert_eq!(c.ramp, Some(500.0));
+        assert_eq!(c.threads, 3);
+        let cli = Cli::try_parse_from([
+            "quarry-loadtest",
+            "bench-stratum",
+            "--connections",
+            "10",
+            "--out",
+            "r.json",
+        ])
+        .unwrap();
+        let Command::BenchStratum(b) = cli.command else {
+            panic!("expected bench-stratum")
+        };
+        assert_eq!((b.connections, b.idle_connections), (10, 10_000));
+        assert_eq!(b.source_addrs.0.len(), 4);
+        let cli = Cli::try_parse_from([
+            "quarry-loadtest",
+            "synthetic-pool",
+            "--listen",
+            "127.0.0.1:4000",
+            "--difficulty",
+            "9.3e-10",
+        ])
+        .unwrap();
+        let Command::SyntheticPool(p) = cli.command else {
+            panic!("expected synthetic-pool")
+        };
+        assert_eq!(p.difficulty, 9.3e-10);
+        assert_eq!(p.algo, PowAlgorithm::Sha256d);
     }
 
     #[test]

@@ -78,7 +78,11 @@ impl PartialOrd for Due {
 }
 
 impl UdpProxy {
-    pub fn start(listen: SocketAddr, target: SocketAddr, imp: Impairment) -> std::io::Result<UdpProxy> {
+    pub fn start(
+        listen: SocketAddr,
+        target: SocketAddr,
+        imp: Impairment,
+    ) -> std::io::Result<UdpProxy> {
         let front = UdpSocket::bind(listen)?;
         front.set_nonblocking(true)?;
         let listen = front.local_addr()?;
@@ -142,11 +146,8 @@ fn run(
             }
         }
         for (client, sock) in &backs {
-            loop {
-                match sock.recv(&mut buf) {
-                    Ok(n) => incoming.push((false, *client, buf[..n].to_vec())),
-                    Err(_) => break,
-                }
+            while let Ok(n) = sock.recv(&mut buf) {
+                incoming.push((false, *client, buf[..n].to_vec()));
             }
         }
         for (to_target, client, data) in incoming {
@@ -180,7 +181,8 @@ fn run(
             if imp.bandwidth > 0 {
                 let d = to_target as usize;
                 let start = busy_until[d].max(now);
-                busy_until[d] = start + Duration::from_secs_f64(data.len() as f64 / imp.bandwidth as f64);
+                busy_until[d] =
+                    start + Duration::from_secs_f64(data.len() as f64 / imp.bandwidth as f64);
                 at = at.max(busy_until[d]);
             }
             seq += 1;
@@ -251,7 +253,8 @@ mod tests {
         )
         .unwrap();
         let c = UdpSocket::bind("127.0.0.1:0").unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let t = Instant::now();
         c.send_to(b"ping", p.listen).unwrap();
         let mut b = [0u8; 16];

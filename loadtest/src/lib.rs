@@ -5,9 +5,11 @@
 //! [`stack`] starts the whole local stack (litecoind in regtest, quarry-core) as real processes.
 //! The `quarry-loadtest` binary is a thin shell over [`cli`].
 
+pub mod bench_stratum;
 pub mod cli;
 pub mod impair;
 pub mod miner;
 pub mod process;
 pub mod stack;
 mod stack_cmd;
+pub mod synthetic_pool;

@@ -134,7 +134,8 @@ impl Stack {
             .ok_or_else(|| anyhow::anyhow!("this stack has no edge"))?;
         e.process.kill();
         e.process = spawn_edge(&self.dir, &e.config)?;
-        e.process.wait_for_port(e.stratum, Duration::from_secs(60))?;
+        e.process
+            .wait_for_port(e.stratum, Duration::from_secs(60))?;
         Ok(())
     }
 
@@ -179,10 +180,7 @@ impl Stack {
             ),
         ]);
         if let Some(gw) = self.gateway {
-            lines.insert(
-                lines.len() - 1,
-                format!("core gateway (QUIC, mTLS): {gw}"),
-            );
+            lines.insert(lines.len() - 1, format!("core gateway (QUIC, mTLS): {gw}"));
         }
         lines
     }

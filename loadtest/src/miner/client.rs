@@ -252,6 +252,10 @@ pub struct SessionConfig {
     pub seed: u64,
     /// A request unanswered this long is given up on ([`MinerSession::handle_timeout`]).
     pub response_timeout: Duration,
+    /// Record submit latency in this session's own histogram (about 190 KiB each). Runners
+    /// with thousands of sessions turn it off and record the latency carried by
+    /// [`Event::ShareAnswered`] in one histogram per thread instead.
+    pub latency_histogram: bool,
 }
 
 impl SessionConfig {
@@ -265,6 +269,7 @@ impl SessionConfig {
             mix: ShareMix::ALL_VALID,
             seed: 0,
             response_timeout: Duration::from_secs(30),
+            latency_histogram: true,
         }
     }
 }
@@ -546,7 +551,11 @@ impl MinerSession {
             low_candidate: None,
             next_kind: None,
             malformed_sent: 0,
-            stats: SessionStats::default(),
+            stats: if config.latency_histogram {
+                SessionStats::default()
+            } else {
+                SessionStats::without_latency()
+            },
             config,
         };
         if s.config.profile == Profile::Asic {
@@ -814,9 +823,11 @@ impl MinerSession {
             PendingKind::SuggestDifficulty => {}
             PendingKind::Submit(share) => {
                 let latency = now.saturating_duration_since(sent_at);
-                self.stats
-                    .latency_us
-                    .saturating_record(latency.as_micros().min(u64::MAX as u128) as u64);
+                if self.config.latency_histogram {
+                    self.stats
+                        .latency_us
+                        .saturating_record(latency.as_micros().min(u64::MAX as u128) as u64);
+                }
                 self.on_submit_answer(id, share, r, latency);
             }
         }

@@ -5,8 +5,8 @@
 //! flooded with blocks), reconnects with exponential backoff when the pool drops it, and closes
 //! the connection now and then on purpose when churn is configured. At the end of the run each
 //! miner stops hashing and waits a moment for the answers to its last submits, so the counts
-//! on both sides agree. One thread per miner is fine for tens of miners; a mio runner for
-//! thousands of connections can drive the same sessions.
+//! on both sides agree. One thread per miner is fine for tens of miners; for thousands of
+//! connections, [`super::mio_runner`] drives the same sessions from a few event loops.
 
 use super::client::{Event, MinerSession, Profile, SessionConfig, SessionState, ShareMix, Verdict};
 use super::stats::{LatencySummary, MinerStats, SessionStats};
@@ -15,7 +15,7 @@ use relay::work::Difficulty;
 use relay::PowAlgorithm;
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, TcpStream, ToSocketAddrs};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -129,6 +129,16 @@ pub struct RunConfig {
     pub drain_timeout: Duration,
     pub progress_every: Duration,
     pub seed: u64,
+    /// Local addresses the client sockets bind to before connecting, used in turn (miner `i`
+    /// binds `source_addrs[i % len]`); empty lets the OS choose. Towards one pool address each
+    /// source address has its own ~28k ephemeral ports, so storms beyond that need several
+    /// (`127.0.0.x` all reach loopback). Mio engine only.
+    pub source_addrs: Vec<IpAddr>,
+    /// Event-loop threads of the mio engine; 0 means one per core.
+    pub threads: usize,
+    /// New connections per second while the miners first connect (mio engine); `None` opens
+    /// them all at once.
+    pub ramp: Option<f64>,
 }
 
 impl RunConfig {
@@ -152,6 +162,9 @@ impl RunConfig {
             drain_timeout: Duration::from_secs(2),
             progress_every: Duration::from_secs(5),
             seed: 1,
+            source_addrs: Vec::new(),
+            threads: 0,
+            ramp: None,
         }
     }
 
@@ -163,7 +176,7 @@ impl RunConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), RunError> {
+    pub(super) fn validate(&self) -> Result<(), RunError> {
         if self.miners == 0 {
             return Err(RunError::Config("miner count must be at least 1".into()));
         }
@@ -174,6 +187,13 @@ impl RunConfig {
             )));
         }
         self.mix.validate().map_err(RunError::Config)?;
+        if let Some(r) = self.ramp {
+            if !(r.is_finite() && r > 0.0) {
+                return Err(RunError::Config(format!(
+                    "ramp {r} is not a positive number of connections per second"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -194,6 +214,8 @@ pub enum RunError {
 pub struct Progress {
     pub elapsed: Duration,
     pub connected: i64,
+    /// Connections whose miner is authorized.
+    pub authorized: i64,
     pub hashes: u64,
     pub submitted: u64,
     pub accepted: u64,
@@ -207,9 +229,10 @@ impl fmt::Display for Progress {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         write!(
             f,
-            "{:>6.1}s connected {} hashes {} ({:.1} H/s) submitted {} accepted {} rejected {} unexpected {} blocks {}",
+            "{:>6.1}s connected {} authorized {} hashes {} ({:.1} H/s) submitted {} accepted {} rejected {} unexpected {} blocks {}",
             self.elapsed.as_secs_f64(),
             self.connected,
+            self.authorized,
             self.hashes,
             self.hashes as f64 / secs,
             self.submitted,
@@ -221,9 +244,11 @@ impl fmt::Display for Progress {
     }
 }
 
+/// Live totals shared by the miners of a run, read for progress lines.
 #[derive(Default)]
-struct Live {
-    connected: AtomicI64,
+pub(super) struct Live {
+    pub(super) connected: AtomicI64,
+    pub(super) authorized: AtomicI64,
     hashes: AtomicU64,
     submitted: AtomicU64,
     accepted: AtomicU64,
@@ -233,10 +258,11 @@ struct Live {
 }
 
 impl Live {
-    fn snapshot(&self, elapsed: Duration) -> Progress {
+    pub(super) fn snapshot(&self, elapsed: Duration) -> Progress {
         Progress {
             elapsed,
             connected: self.connected.load(Ordering::Relaxed),
+            authorized: self.authorized.load(Ordering::Relaxed),
             hashes: self.hashes.load(Ordering::Relaxed),
             submitted: self.submitted.load(Ordering::Relaxed),
             accepted: self.accepted.load(Ordering::Relaxed),
@@ -247,13 +273,38 @@ impl Live {
     }
 }
 
+/// What the miners of one thread counted.
 #[derive(Default)]
-struct MinerTotals {
-    stats: SessionStats,
-    connects: u64,
-    connect_failures: u64,
-    disconnects: u64,
-    churn_disconnects: u64,
+pub(super) struct MinerTotals {
+    pub(super) stats: SessionStats,
+    pub(super) connects: u64,
+    pub(super) connect_failures: u64,
+    pub(super) disconnects: u64,
+    pub(super) churn_disconnects: u64,
+}
+
+impl MinerTotals {
+    pub(super) fn merge(&mut self, t: &MinerTotals) {
+        self.stats.merge(&t.stats);
+        self.connects += t.connects;
+        self.connect_failures += t.connect_failures;
+        self.disconnects += t.disconnects;
+        self.churn_disconnects += t.churn_disconnects;
+    }
+
+    pub(super) fn into_summary(self, miners: usize, elapsed: Duration) -> MinerStats {
+        MinerStats {
+            miners,
+            elapsed_secs: elapsed.as_secs_f64(),
+            connects: self.connects,
+            connect_failures: self.connect_failures,
+            disconnects: self.disconnects,
+            churn_disconnects: self.churn_disconnects,
+            latency_us: LatencySummary::of(&self.stats.latency_us),
+            shares: self.stats.counts,
+            problems: self.stats.problems,
+        }
+    }
 }
 
 /// Runs the miners until the duration elapses or `stop` is set, calling `progress` from the
@@ -300,13 +351,7 @@ pub fn run(
     let mut totals = MinerTotals::default();
     for (index, h) in handles.into_iter().enumerate() {
         match h.join() {
-            Ok(t) => {
-                totals.stats.merge(&t.stats);
-                totals.connects += t.connects;
-                totals.connect_failures += t.connect_failures;
-                totals.disconnects += t.disconnects;
-                totals.churn_disconnects += t.churn_disconnects;
-            }
+            Ok(t) => totals.merge(&t),
             Err(_) => totals
                 .stats
                 .note_problem(format!("miner {index}: thread panicked")),
@@ -314,21 +359,11 @@ pub fn run(
     }
     let elapsed = start.elapsed();
     progress(&live.snapshot(elapsed));
-    Ok(MinerStats {
-        miners: config.miners,
-        elapsed_secs: elapsed.as_secs_f64(),
-        connects: totals.connects,
-        connect_failures: totals.connect_failures,
-        disconnects: totals.disconnects,
-        churn_disconnects: totals.churn_disconnects,
-        latency_us: LatencySummary::of(&totals.stats.latency_us),
-        shares: totals.stats.counts,
-        problems: totals.stats.problems,
-    })
+    Ok(totals.into_summary(config.miners, elapsed))
 }
 
 /// Why a connection ended.
-enum End {
+pub(super) enum End {
     /// The run is over (answers to the last submits drained).
     Stopped,
     Churn,
@@ -408,6 +443,9 @@ fn miner_thread(
         let mut session = MinerSession::new(session_cfg);
         let (end, authorized) = drive(index, stream, &mut session, cfg, &clock, live);
         live.connected.fetch_sub(1, Ordering::Relaxed);
+        if authorized {
+            live.authorized.fetch_sub(1, Ordering::Relaxed);
+        }
         totals.stats.merge(&session.into_stats());
         if authorized {
             backoff = cfg.backoff_initial;
@@ -495,8 +533,9 @@ fn drive(
         }
         let mut end = None;
         while let Some(ev) = session.poll_event() {
-            if ev == Event::Authorized {
+            if ev == Event::Authorized && !authorized {
                 authorized = true;
+                live.authorized.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(e) = log_event(index, ev) {
                 end = Some(e);
@@ -575,7 +614,7 @@ fn transmit(stream: &mut TcpStream, session: &mut MinerSession) -> Option<String
 
 /// What of a session's counters has been added to the live totals already.
 #[derive(Default)]
-struct Published {
+pub(super) struct Published {
     hashes: u64,
     submitted: u64,
     accepted: u64,
@@ -585,7 +624,7 @@ struct Published {
 }
 
 impl Published {
-    fn publish(&mut self, session: &MinerSession, live: &Live) {
+    pub(super) fn publish(&mut self, session: &MinerSession, live: &Live) {
         let c = &session.stats().counts;
         let bump = |seen: &mut u64, now: u64, into: &AtomicU64| {
             if now > *seen {
@@ -603,7 +642,7 @@ impl Published {
 }
 
 /// Logs an event; returns how the connection must end, if it must.
-fn log_event(index: usize, ev: Event) -> Option<End> {
+pub(super) fn log_event(index: usize, ev: Event) -> Option<End> {
     match ev {
         Event::Subscribed {
             extranonce1,

@@ -130,6 +130,17 @@ impl Default for SessionStats {
 }
 
 impl SessionStats {
+    /// Stats whose latency histogram stays empty and nearly free (for sessions that do not
+    /// record latency themselves, see [`super::SessionConfig::latency_histogram`]).
+    pub fn without_latency() -> Self {
+        SessionStats {
+            counts: ShareCounts::default(),
+            latency_us: Histogram::new_with_bounds(1, 2, 0)
+                .expect("1..2 with 0 significant digits is a valid histogram range"),
+            problems: Vec::new(),
+        }
+    }
+
     pub fn merge(&mut self, o: &SessionStats) {
         self.counts.merge(&o.counts);
         // Both histograms share bounds, so adding cannot fail; saturate rather than panic anyway.

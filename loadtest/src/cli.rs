@@ -126,6 +126,9 @@ pub struct StackArgs {
     /// Keep the folder (daemon data, configs, logs) after the run.
     #[arg(long)]
     pub keep: bool,
+    /// Run without an edge: miners connect to the core's own Stratum port.
+    #[arg(long)]
+    pub no_edge: bool,
 }
 
 #[derive(Debug, Args)]

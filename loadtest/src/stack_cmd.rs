@@ -23,7 +23,15 @@ pub fn run(args: &StackArgs) -> anyhow::Result<ExitCode> {
         .dir
         .clone()
         .unwrap_or_else(|| fresh_dir("quarry-stack"));
-    let stack = Stack::start(&StackOptions::new(dir.clone()))?;
+    let stack = Stack::start(&StackOptions {
+        edge: !args.no_edge,
+        ..StackOptions::new(dir.clone())
+    })?;
+    // Miners use the edge when there is one, as a farm would.
+    let (mine_at, stratum_metrics) = match &stack.edge {
+        Some(e) => (e.stratum, e.metrics),
+        None => (stack.core_stratum, stack.core_metrics),
+    };
     println!("stack folder: {}", dir.display());
     for line in stack.service_lines() {
         println!("{line}");
@@ -33,8 +41,8 @@ pub fn run(args: &StackArgs) -> anyhow::Result<ExitCode> {
     let miners = if args.miners > 0 {
         let mut cfg = RunConfig::new(
             StratumUrl {
-                host: stack.core_stratum.ip().to_string(),
-                port: stack.core_stratum.port(),
+                host: mine_at.ip().to_string(),
+                port: mine_at.port(),
             },
             args.miners,
             PowAlgorithm::Scrypt,
@@ -47,7 +55,7 @@ pub fn run(args: &StackArgs) -> anyhow::Result<ExitCode> {
         let stop = stop.clone();
         Some(std::thread::spawn(move || miner::run(&cfg, stop, |_| {})))
     } else {
-        println!("no miners started: point yours at the core stratum URL above");
+        println!("no miners started: point yours at stratum+tcp://{mine_at}");
         None
     };
     let mut last = Instant::now();
@@ -55,7 +63,7 @@ pub fn run(args: &StackArgs) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(100));
         if last.elapsed() >= Duration::from_secs(5) {
             last = Instant::now();
-            progress(&stack, start_height, started);
+            progress(&stack, stratum_metrics, start_height, started);
         }
     }
     stop.store(true, Ordering::SeqCst);
@@ -68,8 +76,8 @@ pub fn run(args: &StackArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     // Let the last block submissions land before reading the chain.
-    std::thread::sleep(Duration::from_millis(500));
-    progress(&stack, start_height, started);
+    std::thread::sleep(Duration::from_millis(1500));
+    progress(&stack, stratum_metrics, start_height, started);
     let height = stack.block_count()?;
     let body = scrape(stack.core_metrics).unwrap_or_default();
     println!("--- summary ---");
@@ -101,16 +109,18 @@ pub fn run(args: &StackArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn progress(stack: &Stack, start_height: u64, started: Instant) {
+fn progress(stack: &Stack, stratum_metrics: std::net::SocketAddr, start_height: u64, started: Instant) {
     let height = stack.block_count().unwrap_or(start_height);
-    let body = scrape(stack.core_metrics).unwrap_or_default();
+    let core = scrape(stack.core_metrics).unwrap_or_default();
+    let body = scrape(stratum_metrics).unwrap_or_default();
     println!(
-        "[{:>4}s] miners {:>3}  shares accepted {:>6}  rejected {:>4}  blocks found {:>4}  accepted by litecoind {:>4}  height {}",
+        "[{:>4}s] miners {:>3}  shares accepted {:>6}  rejected {:>4}  credited at core {:>6}  blocks found {:>4}  accepted by litecoind {:>4}  height {}",
         started.elapsed().as_secs(),
         metric_sum(&body, "quarry_edge_miners_connected"),
         metric_sum_labeled(&body, "quarry_edge_shares_total", "accepted"),
         metric_sum(&body, "quarry_edge_shares_total") - metric_sum_labeled(&body, "quarry_edge_shares_total", "accepted"),
-        metric_sum(&body, "quarry_core_blocks_found_total"),
+        metric_sum(&core, "quarry_core_shares_credited_total"),
+        metric_sum(&core, "quarry_core_blocks_found_total"),
         height.saturating_sub(start_height),
         height
     );

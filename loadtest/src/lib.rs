@@ -7,6 +7,7 @@
 
 pub mod bench_stratum;
 pub mod cli;
+pub mod exactly_once;
 pub mod impair;
 pub mod miner;
 pub mod process;

@@ -256,6 +256,9 @@ pub struct SessionConfig {
     /// with thousands of sessions turn it off and record the latency carried by
     /// [`Event::ShareAnswered`] in one histogram per thread instead.
     pub latency_histogram: bool,
+    /// Keep the identity of every accepted valid share (`worker/job/extranonce1/extranonce2/
+    /// ntime/nonce`) for exactly-once checks against what the pool credited.
+    pub record_accepted: bool,
 }
 
 impl SessionConfig {
@@ -270,6 +273,7 @@ impl SessionConfig {
             seed: 0,
             response_timeout: Duration::from_secs(30),
             latency_histogram: true,
+            record_accepted: false,
         }
     }
 }
@@ -379,6 +383,8 @@ struct SentShare {
     job_id: JobId,
     /// The parameters, kept to resubmit an accepted share as a duplicate.
     submit: Option<Submit<'static>>,
+    /// The extranonce1 the share was built with (for the accepted-share record).
+    extranonce1: Option<Extranonce>,
 }
 
 #[derive(Clone, Debug)]
@@ -948,6 +954,19 @@ impl MinerSession {
             None => {
                 c.accepted += 1;
                 if share.kind == ShareKind::Valid {
+                    if let (true, Some(s), Some(e1)) =
+                        (self.config.record_accepted, &share.submit, share.extranonce1)
+                    {
+                        self.stats.accepted_ids.push(format!(
+                            "{}/{}/{}/{}/{:08x}/{:08x}",
+                            s.worker,
+                            share.job_id,
+                            e1,
+                            s.extranonce2,
+                            s.ntime,
+                            s.nonce
+                        ));
+                    }
                     if let Some(s) = share.submit.clone() {
                         if self.accepted.len() == MAX_ACCEPTED_KEPT {
                             self.accepted.pop_front();
@@ -1241,7 +1260,8 @@ impl MinerSession {
                 .map(|s| s.job.version)
                 .unwrap_or(0),
         };
-        let (id, line) = self.queue_request(submit.clone(), ShareKind::Duplicate, job_id.clone());
+        let (id, line) =
+            self.queue_request(submit.clone(), ShareKind::Duplicate, job_id.clone(), None);
         Some(Submission {
             id,
             kind: ShareKind::Duplicate,
@@ -1351,6 +1371,7 @@ impl MinerSession {
                     kind: ShareKind::Malformed,
                     job_id: job_id.clone(),
                     submit: None,
+                    extranonce1: None,
                 }),
                 sent_at: None,
             },
@@ -1387,7 +1408,8 @@ impl MinerSession {
             nonce: work.nonce,
             version_bits,
         };
-        let (id, line) = self.queue_request(submit, kind, job_id.clone());
+        let (id, line) =
+            self.queue_request(submit, kind, job_id.clone(), Some(work.extranonce1));
         Submission {
             id,
             kind,
@@ -1405,6 +1427,7 @@ impl MinerSession {
         submit: Submit<'static>,
         kind: ShareKind,
         job_id: JobId,
+        extranonce1: Option<Extranonce>,
     ) -> (u64, String) {
         let id = self.request(
             ClientRequest::Submit(submit.clone()),
@@ -1412,6 +1435,7 @@ impl MinerSession {
                 kind,
                 job_id,
                 submit: Some(submit),
+                extranonce1,
             }),
         );
         let line = self

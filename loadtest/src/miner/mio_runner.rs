@@ -475,6 +475,7 @@ impl<'a> Worker<'a> {
             cfg.username(m.index),
         );
         session_cfg.password = cfg.password.clone();
+        session_cfg.record_accepted = cfg.record_accepted;
         session_cfg.suggest_difficulty = cfg.suggest_difficulty;
         session_cfg.mix = cfg.mix;
         session_cfg.response_timeout = cfg.response_timeout;

@@ -139,6 +139,8 @@ pub struct RunConfig {
     /// New connections per second while the miners first connect (mio engine); `None` opens
     /// them all at once.
     pub ramp: Option<f64>,
+    /// Keep the identity of every accepted share (exactly-once checks).
+    pub record_accepted: bool,
 }
 
 impl RunConfig {
@@ -162,6 +164,7 @@ impl RunConfig {
             drain_timeout: Duration::from_secs(2),
             progress_every: Duration::from_secs(5),
             seed: 1,
+            record_accepted: false,
             source_addrs: Vec::new(),
             threads: 0,
             ramp: None,
@@ -303,6 +306,7 @@ impl MinerTotals {
             latency_us: LatencySummary::of(&self.stats.latency_us),
             shares: self.stats.counts,
             problems: self.stats.problems,
+            accepted_ids: self.stats.accepted_ids,
         }
     }
 }
@@ -433,6 +437,7 @@ fn miner_thread(
         live.connected.fetch_add(1, Ordering::Relaxed);
         let mut session_cfg = SessionConfig::new(profile, cfg.algorithm, username.clone());
         session_cfg.password = cfg.password.clone();
+        session_cfg.record_accepted = cfg.record_accepted;
         session_cfg.suggest_difficulty = cfg.suggest_difficulty;
         session_cfg.mix = cfg.mix;
         session_cfg.response_timeout = cfg.response_timeout;

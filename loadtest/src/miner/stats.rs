@@ -117,6 +117,8 @@ pub struct SessionStats {
     pub latency_us: Histogram<u64>,
     /// The first [`MAX_PROBLEMS`] problems, worded for a human.
     pub problems: Vec<String>,
+    /// Identities of accepted valid shares, when the session was asked to record them.
+    pub accepted_ids: Vec<String>,
 }
 
 impl Default for SessionStats {
@@ -125,6 +127,7 @@ impl Default for SessionStats {
             counts: ShareCounts::default(),
             latency_us: new_latency_histogram(),
             problems: Vec::new(),
+            accepted_ids: Vec::new(),
         }
     }
 }
@@ -138,6 +141,7 @@ impl SessionStats {
             latency_us: Histogram::new_with_bounds(1, 2, 0)
                 .expect("1..2 with 0 significant digits is a valid histogram range"),
             problems: Vec::new(),
+            accepted_ids: Vec::new(),
         }
     }
 
@@ -153,6 +157,7 @@ impl SessionStats {
         for p in &o.problems {
             self.note_problem(p.clone());
         }
+        self.accepted_ids.extend(o.accepted_ids.iter().cloned());
     }
 
     pub(crate) fn note_problem(&mut self, p: String) {
@@ -206,6 +211,9 @@ pub struct MinerStats {
     /// `mining.submit` → response, microseconds.
     pub latency_us: LatencySummary,
     pub problems: Vec<String>,
+    /// Identities of accepted valid shares (only when `RunConfig::record_accepted`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accepted_ids: Vec<String>,
 }
 
 impl MinerStats {

@@ -78,7 +78,10 @@ mod tests {
             "a.b/1/00010000/00000001/65000000/00000001".to_string(),
             "a.b/1/00010000/00000001/65000000/00000002".to_string(),
         ];
-        let r = compare(&accepted, &[rec("00000001"), rec("00000001"), rec("00000003")]);
+        let r = compare(
+            &accepted,
+            &[rec("00000001"), rec("00000001"), rec("00000003")],
+        );
         assert_eq!(r.missing, vec![accepted[1].clone()]);
         assert_eq!(r.doubled.len(), 1);
         assert_eq!(r.credited_unacknowledged, 1);

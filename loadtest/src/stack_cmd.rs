@@ -109,7 +109,12 @@ pub fn run(args: &StackArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn progress(stack: &Stack, stratum_metrics: std::net::SocketAddr, start_height: u64, started: Instant) {
+fn progress(
+    stack: &Stack,
+    stratum_metrics: std::net::SocketAddr,
+    start_height: u64,
+    started: Instant,
+) {
     let height = stack.block_count().unwrap_or(start_height);
     let core = scrape(stack.core_metrics).unwrap_or_default();
     let body = scrape(stratum_metrics).unwrap_or_default();

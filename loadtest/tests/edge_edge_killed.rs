@@ -22,7 +22,10 @@ fn edge_sigkill_and_restart_loses_and_doubles_nothing() {
     let stats = miners.stop();
     let report = common::settle_and_compare(&stack, &stats, Duration::from_secs(60));
     assert!(stats.shares.accepted > 20, "miners made progress: {stats}");
-    assert!(stats.connects > 3, "miners reconnected to the restarted edge: {stats}");
+    assert!(
+        stats.connects > 3,
+        "miners reconnected to the restarted edge: {stats}"
+    );
     assert!(
         report.is_exact(),
         "accepted {} credited {}; missing {:?}; doubled {:?}",

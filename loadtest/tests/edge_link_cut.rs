@@ -34,7 +34,10 @@ fn thirty_second_link_cut_loses_and_doubles_nothing() {
     common::mine_for(Duration::from_secs(5));
     let stats = miners.stop();
     let report = common::settle_and_compare(&stack, &stats, Duration::from_secs(90));
-    assert!(stats.shares.accepted > 40, "miners kept working through the cut: {stats}");
+    assert!(
+        stats.shares.accepted > 40,
+        "miners kept working through the cut: {stats}"
+    );
     assert_eq!(stats.shares.unexpected_rejects, 0, "{stats}");
     assert!(
         report.is_exact(),

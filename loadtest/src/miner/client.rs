@@ -954,17 +954,14 @@ impl MinerSession {
             None => {
                 c.accepted += 1;
                 if share.kind == ShareKind::Valid {
-                    if let (true, Some(s), Some(e1)) =
-                        (self.config.record_accepted, &share.submit, share.extranonce1)
-                    {
+                    if let (true, Some(s), Some(e1)) = (
+                        self.config.record_accepted,
+                        &share.submit,
+                        share.extranonce1,
+                    ) {
                         self.stats.accepted_ids.push(format!(
                             "{}/{}/{}/{}/{:08x}/{:08x}",
-                            s.worker,
-                            share.job_id,
-                            e1,
-                            s.extranonce2,
-                            s.ntime,
-                            s.nonce
+                            s.worker, share.job_id, e1, s.extranonce2, s.ntime, s.nonce
                         ));
                     }
                     if let Some(s) = share.submit.clone() {
@@ -1408,8 +1405,7 @@ impl MinerSession {
             nonce: work.nonce,
             version_bits,
         };
-        let (id, line) =
-            self.queue_request(submit, kind, job_id.clone(), Some(work.extranonce1));
+        let (id, line) = self.queue_request(submit, kind, job_id.clone(), Some(work.extranonce1));
         Submission {
             id,
             kind,

@@ -42,7 +42,10 @@ pub fn start_miners(stack: &Stack, count: usize) -> Miners {
 impl Miners {
     pub fn stop(self) -> MinerStats {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.join().expect("miner thread").expect("miners ran")
+        self.thread
+            .join()
+            .expect("miner thread")
+            .expect("miners ran")
     }
 }
 

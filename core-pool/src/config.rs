@@ -345,7 +345,9 @@ mod tests {
     fn load(text: &str) -> Result<CoreConfig, ConfigError> {
         let dir = std::env::temp_dir().join(format!("quarry-core-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("c{}.toml", text.len()));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("c{n}.toml"));
         std::fs::write(&path, text).unwrap();
         CoreConfig::load(&path)
     }

@@ -214,7 +214,9 @@ mod tests {
     fn load(text: &str) -> Result<ServerConfig, ConfigError> {
         let dir = std::env::temp_dir().join(format!("quarry-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("t{}.toml", text.len()));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("t{n}.toml"));
         std::fs::write(&path, text).unwrap();
         let f: File = load_toml(&path)?;
         let layout = ExtranonceLayout::default();

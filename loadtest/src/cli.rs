@@ -39,6 +39,85 @@ pub enum Command {
     /// Measure the edge Stratum server: memory per idle connection and share round trip, with
     /// `synthetic-pool` as a child process.
     BenchStratum(BenchStratumArgs),
+    /// Run the real core gateway (QUIC, mTLS, journal, audits) with synthetic sha256d jobs and
+    /// SIMULATED block submits (recorded, answered "accepted"), for measuring the uplink.
+    SyntheticCore(SyntheticCoreArgs),
+    /// Measure the edge's uplink: bytes per share on the wire and block-candidate latency, with
+    /// synthetic-core and quarry-edge as child processes and a counting UDP relay between them.
+    BenchUplink(BenchUplinkArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SyntheticCoreArgs {
+    /// UDP address of the QUIC gateway.
+    #[arg(long, default_value = "127.0.0.1:4444")]
+    pub gateway: std::net::SocketAddr,
+    /// PKI folder (ca.crt, core.crt/key, farm-1.crt/key); generated if missing.
+    #[arg(long)]
+    pub pki: std::path::PathBuf,
+    /// Journal folder.
+    #[arg(long)]
+    pub journal: std::path::PathBuf,
+    /// Proof-of-work algorithm: scrypt or sha256d.
+    #[arg(long, default_value = "sha256d")]
+    pub algo: PowAlgorithm,
+    /// Prometheus metrics address.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// nBits of every job, hex (0x1d00ffff: blocks practically never; 0x20020000: one share in
+    /// 32 at difficulty 2^-30).
+    #[arg(long, default_value = "1d00ffff", value_parser = parse_nbits)]
+    pub nbits: u32,
+    /// Seconds between new jobs.
+    #[arg(long, default_value_t = 30.0)]
+    pub job_interval: f64,
+    /// Append one JSON line per submit_block call here.
+    #[arg(long)]
+    pub blocks_log: Option<std::path::PathBuf>,
+    /// Shares per thousand the gateway audits.
+    #[arg(long, default_value_t = 20)]
+    pub audit_per_mille: u16,
+    /// Seconds between status lines.
+    #[arg(long, default_value_t = 5.0)]
+    pub report_every: f64,
+}
+
+fn parse_nbits(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("nbits '{s}': {e}"))
+}
+
+#[derive(Debug, Args)]
+pub struct BenchUplinkArgs {
+    /// Miners in the bytes phase.
+    #[arg(long, default_value_t = 300)]
+    pub miners: usize,
+    /// Shares per second of all miners together in the bytes phase.
+    #[arg(long, default_value_t = 3000.0)]
+    pub rate: f64,
+    /// Seconds of the bytes phase (after the miners connected).
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Share difficulty (sha256d, fixed at the edge); the default 2^-30 is ~4 hashes a share.
+    #[arg(long, default_value_t = crate::bench_uplink::CHEAP_DIFFICULTY)]
+    pub difficulty: f64,
+    /// Shares per second in the block phase.
+    #[arg(long, default_value_t = 100.0)]
+    pub block_rate: f64,
+    /// Seconds of the block phase.
+    #[arg(long, default_value_t = 30.0)]
+    pub block_duration: f64,
+    /// nBits of the block phase, hex.
+    #[arg(long, default_value = "20020000", value_parser = parse_nbits)]
+    pub block_nbits: u32,
+    /// Skip the block phase.
+    #[arg(long)]
+    pub no_blocks: bool,
+    /// Folder for the rigs' files (default: a fresh folder under the temp dir, removed after).
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -261,6 +340,20 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::SyntheticCore(args) => match synthetic_core(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::BenchUplink(args) => match bench_uplink(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::from(1)
+            }
+        },
     }
 }
 
@@ -297,6 +390,65 @@ fn synthetic_pool(args: &SyntheticPoolArgs) -> anyhow::Result<()> {
     );
     println!("{}", pool.status(start.elapsed(), tally, 0.0));
     Ok(())
+}
+
+fn synthetic_core(args: &SyntheticCoreArgs) -> anyhow::Result<()> {
+    use crate::synthetic_core::SyntheticCoreConfig;
+    use anyhow::Context;
+    let mut cfg = SyntheticCoreConfig::new(args.gateway, args.pki.clone(), args.journal.clone());
+    cfg.algorithm = args.algo;
+    cfg.metrics = args.metrics;
+    cfg.nbits = relay::work::CompactTarget(args.nbits);
+    cfg.job_interval = secs("job-interval", args.job_interval).map_err(anyhow::Error::msg)?;
+    cfg.blocks_log = args.blocks_log.clone();
+    cfg.audit_per_mille = args.audit_per_mille;
+    let report_every = secs("report-every", args.report_every).map_err(anyhow::Error::msg)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    crate::synthetic_core::run(&cfg, &stop, report_every, |line| info!("{line}"))
+}
+
+fn bench_uplink(args: &BenchUplinkArgs) -> anyhow::Result<ExitCode> {
+    use crate::bench_uplink::UplinkBenchConfig;
+    let (dir, keep) = match &args.dir {
+        Some(d) => (d.clone(), true),
+        None => (crate::stack::fresh_dir("quarry-bench-uplink"), false),
+    };
+    let cfg = UplinkBenchConfig {
+        dir: dir.clone(),
+        miners: args.miners,
+        rate: args.rate,
+        duration: secs("duration", args.duration).map_err(anyhow::Error::msg)?,
+        difficulty: args.difficulty,
+        block_rate: args.block_rate,
+        block_duration: secs("block-duration", args.block_duration).map_err(anyhow::Error::msg)?,
+        block_nbits: args.block_nbits,
+        no_blocks: args.no_blocks,
+    };
+    let result = crate::bench_uplink::run(&cfg, |line| info!("{line}"));
+    if !keep {
+        crate::stack::remove_dir(&dir);
+    }
+    let report = result?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, json.clone() + "\n")
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+    }
+    println!("{json}");
+    let b = &report.bytes;
+    if b.miners_report.rejected > 0 || b.credited < b.miners_report.accepted {
+        tracing::error!(
+            accepted = b.miners_report.accepted,
+            credited = b.credited,
+            rejected = b.miners_report.rejected,
+            "the core credited fewer shares than the edge accepted, or shares were rejected"
+        );
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench_stratum(args: &BenchStratumArgs) -> anyhow::Result<ExitCode> {

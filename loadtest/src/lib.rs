@@ -6,6 +6,7 @@
 //! The `quarry-loadtest` binary is a thin shell over [`cli`].
 
 pub mod bench_stratum;
+pub mod bench_uplink;
 pub mod cli;
 pub mod exactly_once;
 pub mod impair;
@@ -13,4 +14,6 @@ pub mod miner;
 pub mod process;
 pub mod stack;
 mod stack_cmd;
+pub mod synthetic_core;
 pub mod synthetic_pool;
+pub mod udp_meter;

@@ -330,7 +330,8 @@ pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
     Ok(Duration::from_millis(total * 1000 / hz))
 }
 
-fn machine() -> Machine {
+/// What the figures were measured on.
+pub fn machine() -> Machine {
     let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

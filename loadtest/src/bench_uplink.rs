@@ -332,32 +332,7 @@ pub struct UplinkBenchConfig {
     pub no_blocks: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct Machine {
-    pub nproc: usize,
-    pub cpu_model: String,
-    pub kernel: String,
-}
-
-fn machine() -> Machine {
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| format!("Linux {}", s.trim()))
-        .unwrap_or_else(|_| "unknown".into());
-    Machine {
-        nproc: thread::available_parallelism().map_or(0, |n| n.get()),
-        cpu_model,
-        kernel,
-    }
-}
+pub use crate::bench_stratum::{machine, Machine};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct MinerLatency {

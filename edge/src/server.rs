@@ -132,10 +132,7 @@ impl ServerHandle {
     /// Moves to a new extranonce prefix (the core gave this edge a different lease): new
     /// connections get it, current ones are closed so their miners reconnect and get it too.
     pub fn change_prefix(&self, prefix: Extranonce) {
-        if let Err(e) = self.admission.slots.lock().set_prefix(prefix) {
-            tracing::error!(error = %e, "cannot use the new extranonce prefix");
-            return;
-        }
+        self.admission.slots.lock().set_prefix(prefix);
         for (tx, waker) in &self.connectors {
             let _ = tx.send(ConnectorMsg::DropAll);
             let _ = waker.wake();

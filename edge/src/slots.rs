@@ -48,9 +48,8 @@ impl SlotAllocator {
     }
 
     /// Moves to a new lease prefix (e.g. after the core handed out a new one).
-    pub fn set_prefix(&mut self, prefix: Extranonce) -> Result<(), ExtranonceError> {
+    pub fn set_prefix(&mut self, prefix: Extranonce) {
         self.prefix = prefix;
-        Ok(())
     }
 
     pub fn extranonce1_for(&self, slot: u32) -> Result<Extranonce, ExtranonceError> {

@@ -422,7 +422,7 @@ impl Uplink {
         if self.ctx != Some(ctx) {
             if let Some(old) = self.ctx {
                 tracing::error!(old = %old.lease_prefix, new = %w.lease_prefix, "the core gave this edge a different extranonce lease: reconnecting every miner");
-                self.server.change_prefix(self.server_prefix(&ctx));
+                self.server.change_prefix(ctx.lease_prefix);
             }
             write_atomic(
                 &self.cfg.spool_dir.join("lease"),
@@ -437,10 +437,6 @@ impl Uplink {
         self.batcher.max_shares = (p.max_batch_shares as usize).max(1);
         self.batcher.max_delay = Duration::from_millis(p.max_batch_delay_ms as u64);
         Ok(())
-    }
-
-    fn server_prefix(&self, ctx: &BatchContext) -> Extranonce {
-        ctx.lease_prefix
     }
 
     fn on_frame(&mut self, link: u64, f: ControlFrame) {
@@ -688,15 +684,11 @@ fn send_frame(link: &mut Option<Link>, f: &ControlFrame) -> anyhow::Result<()> {
         return Ok(());
     };
     let bytes = f.to_bytes()?;
-    let conn = l.conn.clone();
-    // Control frames are small; a short synchronous write into quinn's buffer.
-    match l.control.write_chunk(bytes.clone()).now_or_never() {
-        Some(Ok(())) => Ok(()),
+    // Control frames are small and quinn buffers them: the write completes at once unless the
+    // stream is blocked by flow control, and then a ping or pong may as well be dropped.
+    match l.control.write_chunk(bytes).now_or_never() {
         Some(Err(e)) => Err(e.into()),
-        None => {
-            let _ = conn;
-            Ok(())
-        }
+        Some(Ok(())) | None => Ok(()),
     }
 }
 

@@ -218,3 +218,56 @@ impl EdgeConfig {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented example, with its certificate paths pointed at a freshly issued PKI.
+    fn example_with_pki(dir: &Path) -> String {
+        use relay::quic::certs;
+        let ca = certs::generate_ca("test CA").unwrap();
+        ca.write(dir).unwrap();
+        certs::issue_edge_cert(&ca, "farm-1")
+            .unwrap()
+            .write(dir, "farm-1")
+            .unwrap();
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/edge.example.toml"),
+        )
+        .unwrap();
+        text.replace("/etc/quarry/", &format!("{}/", dir.display()))
+            .replace("core.example.net:4444", "127.0.0.1:4444")
+    }
+
+    #[test]
+    fn example_config_in_deploy_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.toml");
+        std::fs::write(&path, example_with_pki(dir.path())).unwrap();
+        let c = EdgeConfig::load(&path).unwrap();
+        assert_eq!(c.edge_id.as_str(), "farm-1");
+        assert_eq!(c.max_batch_shares, 100);
+        assert_eq!(c.endpoints[0].server_name, "127.0.0.1");
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.toml");
+        let good = example_with_pki(dir.path());
+        std::fs::write(&path, good.replace("id = \"farm-1\"", "id = \"farm 1!\"")).unwrap();
+        let e = EdgeConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("edge.toml") && e.contains("edge.id"), "{e}");
+        std::fs::write(&path, good.replace("farm-1.key", "missing.key")).unwrap();
+        let e = EdgeConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("core.key"), "{e}");
+        std::fs::write(
+            &path,
+            good.replace("endpoints = [\"127.0.0.1:4444\"]", "endpoints = []"),
+        )
+        .unwrap();
+        let e = EdgeConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("core.endpoints"), "{e}");
+    }
+}

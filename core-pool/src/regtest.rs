@@ -234,6 +234,15 @@ fn start_node(
             cmd.arg(format!("-connect=127.0.0.1:{port}"))
                 .arg("-disablewallet");
         }
+        // The daemons die with the thread that started them, even when the test or harness
+        // process is SIGKILLed and Drop never runs.
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd.spawn().map_err(|source| RegtestError::Spawn {
             binary: binary(),
             source,

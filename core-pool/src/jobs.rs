@@ -347,6 +347,10 @@ fn register_metrics() {
         "Blocks not accepted, by the daemon's reason (or submit_error / invalid_candidate)."
     );
     metrics::describe_counter!("quarry_core_jobs_total", "Jobs made, by reason.");
+    metrics::describe_counter!(
+        "quarry_core_blocks_orphaned_total",
+        "Valid blocks the daemon did not put on its best chain (another block at that height won)."
+    );
 }
 
 /// The scriptPubKey the daemon derives from `address`. Asking the daemon (`validateaddress`,
@@ -515,6 +519,12 @@ impl JobManager {
                     metrics::counter!("quarry_core_blocks_accepted_total").increment(1);
                     info!(hash = %o.block_hash, height = o.height, job_id = %o.job_id, "block accepted");
                     self.refresh_now();
+                }
+                // "inconclusive": valid, but another block at this height got there first (an
+                // orphan race, not a fault of ours).
+                BlockVerdict::Rejected { reason } if reason == "inconclusive" => {
+                    metrics::counter!("quarry_core_blocks_orphaned_total").increment(1);
+                    info!(hash = %o.block_hash, height = o.height, job_id = %o.job_id, "block valid but not on the best chain (orphan race)");
                 }
                 BlockVerdict::Rejected { reason } => {
                     metrics::counter!("quarry_core_blocks_rejected_total", "reason" => reason.clone())

@@ -45,6 +45,24 @@ pub enum Command {
     /// Measure the edge's uplink: bytes per share on the wire and block-candidate latency, with
     /// synthetic-core and quarry-edge as child processes and a counting UDP relay between them.
     BenchUplink(BenchUplinkArgs),
+    /// Run a scenario file (loadtest/scenarios/*.toml): start the stack it needs, run it, and
+    /// write report.json, summary.txt and throughput.svg.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The scenario file.
+    pub scenario: std::path::PathBuf,
+    /// Folder for the report and the rig's files (default: target/scenarios/<name>).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Override the scenario's miner count (CI-sized runs).
+    #[arg(long)]
+    pub miners: Option<usize>,
+    /// Override the scenario's duration, seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -347,6 +365,13 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Run(args) => match run_scenario(&args) {
+            Ok(code) => code,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::BenchUplink(args) => match bench_uplink(&args) {
             Ok(code) => code,
             Err(e) => {
@@ -532,6 +557,36 @@ fn miners(args: &MinersArgs) -> ExitCode {
     } else {
         ExitCode::from(2)
     }
+}
+
+fn run_scenario(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    use crate::scenario::{run, summary, write_outputs, RunOptions, Scenario};
+    use anyhow::Context;
+    let scenario = Scenario::load(&args.scenario)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| std::path::Path::new("target/scenarios").join(&scenario.name));
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let opts = RunOptions {
+        out: out.clone(),
+        miners: args.miners,
+        duration_secs: args.duration,
+    };
+    let report = run(&scenario, &opts, stop, |line| info!("{line}"))?;
+    write_outputs(&report, &out)?;
+    print!("{}", summary(&report));
+    println!("report: {}", out.join("report.json").display());
+    Ok(
+        if report.lost == 0 && report.double_credited == 0 && report.settled {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        },
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,1172 @@
+//! `quarry-loadtest run SCENARIO.toml`: one command per scenario of the load-test plan.
+//!
+//! A scenario file says how many miners, how they behave (profile, share rate and difficulty,
+//! a mix of bad shares, churn), how the link between the farm and the pool misbehaves (delay,
+//! jitter, loss, bandwidth, blackouts, seed), optional hostile clients, and how long to run.
+//! The runner starts what it needs as child processes — `quarry-loadtest synthetic-core` (the
+//! real core gateway with simulated sha256d work) and a real `quarry-edge` — runs the mio miners
+//! in this process, and writes `report.json`, `summary.txt` and `throughput.svg`.
+//!
+//! **Where the impaired link sits.**
+//! - Edge mode (`baseline = false`): miners → edge on loopback (a farm's LAN), and the edge's
+//!   QUIC uplink → UDP impairment proxy ([`crate::impair`]) → core. This is Quarry's claim:
+//!   the bad link is behind the edge, miners keep local latency, the spool covers blackouts.
+//! - Baseline (`baseline = true`): a farm without an edge. The miners' Stratum TCP itself
+//!   crosses the impaired link ([`crate::tcp_impair`]) to the pool's Stratum port. The core has
+//!   no Stratum port of its own (synthetic-core speaks only QUIC), so the pool's Stratum server
+//!   is the real edge Stratum server in the core's position: edge and core side by side on an
+//!   unimpaired loopback, the miners on the far side of the impaired TCP link. What the miners
+//!   see is what they would see from any remote Stratum pool with the same server code.
+//!
+//! Every share the miners heard "accepted" is checked against the core's journal
+//! ([`crate::exactly_once`]): none may be missing, none credited twice.
+
+use crate::bench_stratum::{machine, Machine};
+use crate::bench_uplink::{accepted_shares, free_udp_port, CHEAP_DIFFICULTY};
+use crate::exactly_once::compare;
+use crate::hostile::{HostileClients, HostileReport, HostileSpec};
+use crate::impair::{Impairment, UdpProxy};
+use crate::miner::{
+    mio_runner, LatencySummary, MinerStats, ProfileChoice, Progress, RunConfig, ShareMix,
+    StratumUrl,
+};
+use crate::process::{find_binary, free_port, metric_sum, scrape, ManagedProcess};
+use crate::synthetic_core::EDGE_ID;
+use crate::tcp_impair::{TcpImpairment, TcpProxy};
+use crate::udp_meter::UdpMeter;
+use anyhow::{bail, Context};
+use relay::PowAlgorithm;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Expected sha256d hashes per share at difficulty 1.
+const SHA256D_HASHES_PER_DIFF1: f64 = 4_294_967_296.0;
+
+/// A scenario file.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Defaults to the file's stem.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Seconds the miners run (after they start connecting).
+    pub duration_secs: f64,
+    /// Baseline: miners straight to the pool's Stratum port over the impaired link.
+    #[serde(default)]
+    pub baseline: bool,
+    /// Seconds allowed after the run for the edge to deliver every share to the core.
+    #[serde(default = "default_settle")]
+    pub settle_secs: f64,
+    pub miners: MinersSpec,
+    #[serde(default)]
+    pub link: LinkSpec,
+    #[serde(default)]
+    pub edge: EdgeSpec,
+    #[serde(default)]
+    pub hostile: HostileSpec,
+}
+
+fn default_settle() -> f64 {
+    60.0
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinersSpec {
+    pub count: usize,
+    /// asic, nicehash, cpuminer or mixed.
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// Shares per second of all miners together.
+    pub shares_per_sec: f64,
+    /// Share difficulty (the edge's fixed difficulty); the default 2^-30 is ~4 hashes a share.
+    #[serde(default = "default_difficulty")]
+    pub difficulty: f64,
+    /// Seconds before each connection is closed and reopened; 0 = never.
+    #[serde(default)]
+    pub churn_secs: f64,
+    /// New connections per second while they first connect.
+    #[serde(default = "default_ramp")]
+    pub ramp_per_sec: f64,
+    #[serde(default)]
+    pub mix: MixSpec,
+    /// Local addresses to connect from (127.0.0.x), used in turn.
+    #[serde(default)]
+    pub source_addrs: Vec<IpAddr>,
+    /// Event-loop threads; 0 = one per core.
+    #[serde(default)]
+    pub threads: usize,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+fn default_profile() -> String {
+    "mixed".into()
+}
+fn default_difficulty() -> f64 {
+    CHEAP_DIFFICULTY
+}
+fn default_ramp() -> f64 {
+    1000.0
+}
+fn default_seed() -> u64 {
+    1
+}
+
+/// Fractions of submissions that are deliberately bad.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixSpec {
+    #[serde(default)]
+    pub duplicate: f64,
+    #[serde(default)]
+    pub stale: f64,
+    #[serde(default)]
+    pub low_difficulty: f64,
+    #[serde(default)]
+    pub malformed: f64,
+}
+
+/// The impaired link (edge ↔ core, or miners ↔ pool in a baseline), per direction.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSpec {
+    #[serde(default)]
+    pub delay_ms: f64,
+    #[serde(default)]
+    pub jitter_ms: f64,
+    /// 0..1 per packet (UDP) or per chunk (TCP: an extra retransmission timeout).
+    #[serde(default)]
+    pub loss: f64,
+    /// Bytes per second, 0 = unlimited (UDP only).
+    #[serde(default)]
+    pub bandwidth: u64,
+    #[serde(default)]
+    pub blackouts: Vec<Blackout>,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+}
+
+impl LinkSpec {
+    pub fn is_impaired(&self) -> bool {
+        self.delay_ms > 0.0
+            || self.jitter_ms > 0.0
+            || self.loss > 0.0
+            || self.bandwidth > 0
+            || !self.blackouts.is_empty()
+    }
+
+    fn blacked_out_at(&self, t: f64) -> bool {
+        self.blackouts
+            .iter()
+            .any(|b| t >= b.at_secs && t < b.at_secs + b.for_secs)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blackout {
+    pub at_secs: f64,
+    pub for_secs: f64,
+}
+
+/// The edge's `[limits]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeSpec {
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_ban_after_invalid")]
+    pub ban_after_invalid: u32,
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout_secs: u64,
+}
+
+fn default_max_connections() -> usize {
+    15_000
+}
+fn default_ban_after_invalid() -> u32 {
+    100
+}
+fn default_handshake_timeout() -> u64 {
+    30
+}
+
+impl Default for EdgeSpec {
+    fn default() -> Self {
+        EdgeSpec {
+            max_connections: default_max_connections(),
+            ban_after_invalid: default_ban_after_invalid(),
+            handshake_timeout_secs: default_handshake_timeout(),
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads and checks a scenario file; errors name the file and the key.
+    pub fn load(path: &Path) -> anyhow::Result<Scenario> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the scenario {}", path.display()))?;
+        let mut s =
+            Scenario::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if s.name.is_empty() {
+            s.name = path
+                .file_stem()
+                .map_or("scenario".into(), |n| n.to_string_lossy().into_owned());
+        }
+        Ok(s)
+    }
+
+    /// Parses and checks scenario text; errors name the key.
+    pub fn parse(text: &str) -> Result<Scenario, String> {
+        let s: Scenario = toml::from_str(text).map_err(|e| e.to_string())?;
+        s.check()?;
+        Ok(s)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let bad = |key: &str, why: String| Err(format!("{key}: {why}"));
+        if !(self.duration_secs.is_finite() && self.duration_secs > 0.0) {
+            return bad(
+                "duration_secs",
+                format!("{} is not a positive number", self.duration_secs),
+            );
+        }
+        if self.miners.count == 0 {
+            return bad("miners.count", "must be at least 1".into());
+        }
+        if !(self.miners.shares_per_sec.is_finite() && self.miners.shares_per_sec >= 0.0) {
+            return bad(
+                "miners.shares_per_sec",
+                format!(
+                    "{} is not a non-negative number",
+                    self.miners.shares_per_sec
+                ),
+            );
+        }
+        if !(self.miners.difficulty.is_finite() && self.miners.difficulty > 0.0) {
+            return bad(
+                "miners.difficulty",
+                format!("{} is not a positive number", self.miners.difficulty),
+            );
+        }
+        if self.miners.ramp_per_sec.is_nan() || self.miners.ramp_per_sec <= 0.0 {
+            return bad("miners.ramp_per_sec", "must be positive".into());
+        }
+        self.miners
+            .profile
+            .parse::<ProfileChoice>()
+            .map_err(|e| format!("miners.profile: {e}"))?;
+        self.share_mix()
+            .validate()
+            .map_err(|e| format!("miners.mix: {e}"))?;
+        if !(0.0..1.0).contains(&self.link.loss) {
+            return bad("link.loss", format!("{} is not in 0..1", self.link.loss));
+        }
+        if self.link.delay_ms < 0.0 || self.link.jitter_ms < 0.0 {
+            return bad("link.delay_ms", "delays cannot be negative".into());
+        }
+        for (i, b) in self.link.blackouts.iter().enumerate() {
+            if b.at_secs < 0.0 || b.for_secs <= 0.0 {
+                return bad(
+                    &format!("link.blackouts[{i}]"),
+                    "needs at_secs >= 0 and for_secs > 0".into(),
+                );
+            }
+        }
+        if self.baseline && self.link.bandwidth > 0 {
+            return bad(
+                "link.bandwidth",
+                "not supported by the TCP (baseline) link".into(),
+            );
+        }
+        Ok(())
+    }
+
+    fn share_mix(&self) -> ShareMix {
+        let m = &self.miners.mix;
+        ShareMix {
+            duplicate: m.duplicate,
+            stale: m.stale,
+            low_difficulty: m.low_difficulty,
+            malformed: m.malformed,
+        }
+    }
+
+    fn udp_impairment(&self) -> Impairment {
+        Impairment {
+            delay: Duration::from_secs_f64(self.link.delay_ms / 1000.0),
+            jitter: Duration::from_secs_f64(self.link.jitter_ms / 1000.0),
+            loss: self.link.loss,
+            bandwidth: self.link.bandwidth,
+            seed: self.link.seed,
+        }
+    }
+
+    fn tcp_impairment(&self) -> TcpImpairment {
+        TcpImpairment {
+            delay: Duration::from_secs_f64(self.link.delay_ms / 1000.0),
+            jitter: Duration::from_secs_f64(self.link.jitter_ms / 1000.0),
+            loss: self.link.loss,
+            seed: self.link.seed,
+        }
+    }
+}
+
+/// The processes and proxies of one run. Fields drop in order: proxy in front of the miners,
+/// edge, meter, link proxy, core.
+struct Rig {
+    tcp_link: Option<TcpProxy>,
+    edge: ManagedProcess,
+    meter: UdpMeter,
+    udp_link: Option<UdpProxy>,
+    core: ManagedProcess,
+    edge_stratum: SocketAddr,
+    edge_metrics: SocketAddr,
+    core_metrics: SocketAddr,
+    journal: PathBuf,
+}
+
+impl Rig {
+    fn start(s: &Scenario, dir: &Path) -> anyhow::Result<Rig> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let pki = dir.join("pki");
+        crate::synthetic_core::ensure_pki(&pki)?;
+        let gateway: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;
+        let core_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let journal = dir.join("journal");
+        let me = find_binary("quarry-loadtest")?;
+        let args = [
+            "synthetic-core".to_string(),
+            "--gateway".into(),
+            gateway.to_string(),
+            "--pki".into(),
+            pki.display().to_string(),
+            "--journal".into(),
+            journal.display().to_string(),
+            "--algo".into(),
+            "sha256d".into(),
+            "--metrics".into(),
+            core_metrics.to_string(),
+            "--nbits".into(),
+            format!("{:08x}", crate::bench_uplink::HARD_NBITS),
+            "--job-interval".into(),
+            "30".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut core = ManagedProcess::spawn("synthetic-core", &me, &args, &dir.join("core.log"))?;
+        core.wait_for_port(core_metrics, Duration::from_secs(30))?;
+        let udp_link = if !s.baseline && s.link.is_impaired() {
+            Some(
+                UdpProxy::start("127.0.0.1:0".parse()?, gateway, s.udp_impairment())
+                    .context("starting the UDP impairment proxy")?,
+            )
+        } else {
+            None
+        };
+        let core_side = udp_link.as_ref().map_or(gateway, |p| p.listen);
+        let meter =
+            UdpMeter::start("127.0.0.1:0".parse()?, core_side).context("starting the UDP meter")?;
+        let edge_stratum: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let edge_metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+        let config = dir.join("edge.toml");
+        std::fs::write(
+            &config,
+            edge_config(s, dir, meter.listen, edge_stratum, edge_metrics),
+        )?;
+        let bin = find_binary("quarry-edge")?;
+        let config_arg = config.display().to_string();
+        let mut edge = ManagedProcess::spawn(
+            "quarry-edge",
+            &bin,
+            &["run", "--config", &config_arg],
+            &dir.join("edge.log"),
+        )?;
+        edge.wait_for_port(edge_stratum, Duration::from_secs(60))?;
+        let tcp_link = if s.baseline {
+            Some(
+                TcpProxy::start("127.0.0.1:0".parse()?, edge_stratum, s.tcp_impairment())
+                    .context("starting the TCP impairment proxy")?,
+            )
+        } else {
+            None
+        };
+        let rig = Rig {
+            tcp_link,
+            edge,
+            meter,
+            udp_link,
+            core,
+            edge_stratum,
+            edge_metrics,
+            core_metrics,
+            journal,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rig
+            .edge_metric("quarry_edge_uplink_connected")
+            .unwrap_or(0.0)
+            < 1.0
+        {
+            if Instant::now() > deadline {
+                bail!("the edge did not connect to the core within 30 s");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(rig)
+    }
+
+    /// Where the miners connect.
+    fn miners_target(&self) -> SocketAddr {
+        self.tcp_link
+            .as_ref()
+            .map_or(self.edge_stratum, |p| p.listen)
+    }
+
+    fn set_blackout(&self, on: bool) {
+        if let Some(p) = &self.udp_link {
+            p.set_blackout(on);
+        }
+        if let Some(p) = &self.tcp_link {
+            p.set_blackout(on);
+        }
+    }
+
+    fn edge_metric(&self, name: &str) -> anyhow::Result<f64> {
+        Ok(metric_sum(&scrape(self.edge_metrics)?, name))
+    }
+
+    fn core_metric(&self, name: &str) -> anyhow::Result<f64> {
+        Ok(metric_sum(&scrape(self.core_metrics)?, name))
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.core.check_alive()?;
+        self.edge.check_alive()
+    }
+
+    /// Waits until the core acknowledged every share the edge accepted.
+    fn settle(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let accepted = accepted_shares(&scrape(self.edge_metrics)?);
+            let acked = self.edge_metric("quarry_edge_shares_acked_total")?;
+            let pending = self.edge_metric("quarry_edge_spool_pending_shares")?;
+            if acked >= accepted && pending == 0.0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("not settled after {limit:?}: edge accepted {accepted}, acked {acked}, {pending} pending");
+            }
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Every share the core credited, from its journal (after the core stopped).
+    fn credited_shares(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let bin = find_binary("quarry-core")?;
+        let out = std::process::Command::new(bin)
+            .args(["journal-dump", "--dir"])
+            .arg(&self.journal)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "journal-dump failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).context("journal-dump line"))
+            .collect()
+    }
+}
+
+fn edge_config(
+    s: &Scenario,
+    dir: &Path,
+    core: SocketAddr,
+    stratum: SocketAddr,
+    metrics: SocketAddr,
+) -> String {
+    let pki = dir.join("pki");
+    let d = s.miners.difficulty;
+    format!(
+        r#"# Written by quarry-loadtest run ({name}).
+[edge]
+id = "{EDGE_ID}"
+algorithm = "sha256d"
+spool_dir = "{spool}"
+
+[core]
+endpoints = ["{core}"]
+server_name = "localhost"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+
+[stratum]
+listen = "{stratum}"
+start_difficulty = {d:e}
+min_difficulty = {d:e}
+max_difficulty = {d:e}
+
+[limits]
+max_connections = {maxc}
+ban_after_invalid = {ban}
+handshake_timeout_secs = {hs}
+
+[metrics]
+listen = "{metrics}"
+"#,
+        name = s.name,
+        spool = dir.join("spool").display(),
+        ca = pki.join("ca.crt").display(),
+        cert = pki.join(format!("{EDGE_ID}.crt")).display(),
+        key = pki.join(format!("{EDGE_ID}.key")).display(),
+        maxc = s.edge.max_connections,
+        ban = s.edge.ban_after_invalid,
+        hs = s.edge.handshake_timeout_secs,
+    )
+}
+
+/// One second of the run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    pub t_secs: f64,
+    pub connected: i64,
+    pub submitted_per_sec: f64,
+    pub accepted_per_sec: f64,
+    pub rejected_per_sec: f64,
+    /// The link was cut during (part of) this second.
+    pub blackout: bool,
+}
+
+/// The edge process's resources (from /proc).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct EdgeResources {
+    pub cpu_secs: f64,
+    /// Mean CPU over the run, per cent of one core.
+    pub cpu_percent: f64,
+    pub rss_kib_idle: u64,
+    pub rss_kib_peak: u64,
+    pub vm_hwm_kib: u64,
+    /// (peak RSS − idle RSS) / peak connections.
+    pub rss_bytes_per_connection: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Uplink {
+    /// Edge → core UDP datagrams, payload + 28 bytes of IPv4/UDP header each (QUIC overhead
+    /// and retransmissions included).
+    pub edge_to_core_wire_bytes: u64,
+    pub core_to_edge_wire_bytes: u64,
+    pub edge_to_core_bytes_per_share: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ScenarioReport {
+    pub scenario: String,
+    pub description: String,
+    pub baseline: bool,
+    pub machine: Machine,
+    pub started_unix_secs: u64,
+    pub elapsed_secs: f64,
+    pub miners: usize,
+    pub peak_connected: i64,
+    pub spec: Scenario,
+    pub shares_sent: u64,
+    pub shares_accepted: u64,
+    pub shares_rejected: u64,
+    /// "code reason" → count.
+    pub rejected_by_reason: BTreeMap<String, u64>,
+    pub unexpected_rejects: u64,
+    pub accepted_per_sec: f64,
+    /// `mining.submit` → answer, as the miners measured it (HDR histogram), microseconds.
+    pub submit_latency_us: LatencySummary,
+    pub throughput: Vec<Sample>,
+    pub core_credited: u64,
+    /// Accepted (as the miners heard) but not credited when the run ended (after the settle
+    /// window). When `settled` is false these may still sit in the edge's spool on disk
+    /// (`edge_spool_pending_at_end`): undelivered rather than destroyed.
+    pub lost: usize,
+    pub edge_spool_pending_at_end: u64,
+    pub double_credited: usize,
+    pub credited_unacknowledged: usize,
+    pub settled: bool,
+    pub uplink: Uplink,
+    pub edge: EdgeResources,
+    pub hostile: Option<HostileReport>,
+    pub miner_stats: MinerStats,
+    pub problems: Vec<String>,
+}
+
+/// What a run is asked to do besides the file.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Where the report goes (and the rig's files under `rig/`).
+    pub out: PathBuf,
+    pub miners: Option<usize>,
+    pub duration_secs: Option<f64>,
+}
+
+fn reject_reason(code: i64) -> &'static str {
+    // Stratum V1 error codes as pools use them (slush/ckpool convention).
+    match code {
+        20 => "other",
+        21 => "job not found (stale)",
+        22 => "duplicate",
+        23 => "low difficulty",
+        24 => "unauthorized",
+        25 => "not subscribed",
+        _ => "unknown",
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
+}
+
+/// utime + stime of a process, seconds.
+pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of proc(5); `after` starts at field 3.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
+}
+
+/// (VmRSS, VmHWM) of a process, KiB.
+pub fn proc_rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Runs a scenario. `stop` ends it early (Ctrl-C); every process it started is stopped on
+/// every path out.
+pub fn run(
+    scenario: &Scenario,
+    opts: &RunOptions,
+    stop: Arc<AtomicBool>,
+    mut say: impl FnMut(&str),
+) -> anyhow::Result<ScenarioReport> {
+    let mut s = scenario.clone();
+    if let Some(m) = opts.miners {
+        s.miners.count = m;
+    }
+    if let Some(d) = opts.duration_secs {
+        s.duration_secs = d;
+    }
+    s.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+    mio_runner::raise_open_files_limit().context("raising the open files limit")?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating {}", opts.out.display()))?;
+    let started_unix_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut rig = Rig::start(&s, &opts.out.join("rig"))?;
+    say(&format!(
+        "{}: core up, edge {} connected{}; {} miners → {} for {} s",
+        s.name,
+        rig.edge_stratum,
+        if s.baseline {
+            " (baseline: miners cross the impaired TCP link)"
+        } else if s.link.is_impaired() {
+            " through the impaired UDP link"
+        } else {
+            ""
+        },
+        s.miners.count,
+        rig.miners_target(),
+        s.duration_secs
+    ));
+    let edge_pid = rig.edge.pid().unwrap_or(0);
+    let cpu0 = proc_cpu_secs(edge_pid).unwrap_or(0.0);
+    let (rss_idle, _) = proc_rss_kib(edge_pid).unwrap_or((0, 0));
+    let hostile = if s.hostile.any() {
+        Some(HostileClients::start(
+            &s.hostile,
+            rig.miners_target(),
+            s.miners.difficulty,
+        )?)
+    } else {
+        None
+    };
+
+    let miners = s.miners.count;
+    let mut rc = RunConfig::new(
+        StratumUrl {
+            host: rig.miners_target().ip().to_string(),
+            port: rig.miners_target().port(),
+        },
+        miners,
+        PowAlgorithm::Sha256d,
+    );
+    rc.hashrate =
+        s.miners.shares_per_sec / miners as f64 * s.miners.difficulty * SHA256D_HASHES_PER_DIFF1;
+    rc.profile = s
+        .miners
+        .profile
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
+    rc.user = format!("{}.rig", s.name.replace(['.', ' '], "-"));
+    rc.mix = s.share_mix();
+    rc.duration = Some(Duration::from_secs_f64(s.duration_secs));
+    rc.churn = (s.miners.churn_secs > 0.0).then(|| Duration::from_secs_f64(s.miners.churn_secs));
+    rc.ramp = Some(s.miners.ramp_per_sec);
+    rc.progress_every = Duration::from_millis(250);
+    rc.drain_timeout = Duration::from_secs(
+        (5.0 + 4.0 * (s.link.delay_ms + s.link.jitter_ms) / 1000.0
+            + if s.baseline {
+                s.link
+                    .blackouts
+                    .iter()
+                    .map(|b| b.for_secs)
+                    .fold(0.0, f64::max)
+            } else {
+                0.0
+            })
+        .ceil() as u64,
+    );
+    rc.response_timeout = Duration::from_secs(120);
+    rc.backoff_max = Duration::from_millis(1000);
+    rc.seed = s.miners.seed;
+    rc.source_addrs = s.miners.source_addrs.clone();
+    rc.threads = s.miners.threads;
+    rc.record_accepted = true;
+
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut last = Progress::default();
+    let mut last_line = Instant::now();
+    let mut last_check = Instant::now();
+    let mut blackout_now = false;
+    let mut blackout_in_second = false;
+    let mut peak_rss = rss_idle;
+    let mut peak_connected = 0i64;
+    let mut failure: Option<anyhow::Error> = None;
+    let miner_stop = stop.clone();
+    let result = mio_runner::run(&rc, miner_stop.clone(), |p| {
+        let t = p.elapsed.as_secs_f64();
+        let want = s.link.blacked_out_at(t);
+        peak_connected = peak_connected.max(p.connected);
+        if p.elapsed.as_secs() > last.elapsed.as_secs() {
+            let dt = (p.elapsed - last.elapsed).as_secs_f64().max(1e-3);
+            samples.push(Sample {
+                t_secs: (t * 10.0).round() / 10.0,
+                connected: p.connected,
+                submitted_per_sec: (p.submitted - last.submitted) as f64 / dt,
+                accepted_per_sec: (p.accepted - last.accepted) as f64 / dt,
+                rejected_per_sec: (p.rejected - last.rejected) as f64 / dt,
+                blackout: blackout_in_second,
+            });
+            blackout_in_second = blackout_now;
+            last = p.clone();
+        }
+        if want != blackout_now {
+            rig.set_blackout(want);
+            blackout_now = want;
+            say(&format!(
+                "  {t:6.1}s link {}",
+                if want { "CUT" } else { "restored" }
+            ));
+        }
+        blackout_in_second |= want;
+        if last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = Instant::now();
+            if let Some((rss, _)) = proc_rss_kib(edge_pid) {
+                peak_rss = peak_rss.max(rss);
+            }
+            if failure.is_none() {
+                if let Err(e) = rig.check_alive() {
+                    failure = Some(e);
+                    miner_stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        if last_line.elapsed() >= Duration::from_secs(5) {
+            last_line = Instant::now();
+            say(&format!("  {p}"));
+        }
+    });
+    rig.set_blackout(false);
+    let hostile_report = hostile.map(HostileClients::finish);
+    if let Some(e) = failure {
+        return Err(e.context("a process of the stack died during the run"));
+    }
+    let mut stats = result?;
+    if stop.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    say(&format!(
+        "  miners done: {} accepted; settling",
+        stats.shares.accepted
+    ));
+    let mut problems = stats.problems.clone();
+    let settled = match rig.settle(Duration::from_secs_f64(s.settle_secs)) {
+        Ok(()) => true,
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            false
+        }
+    };
+    let elapsed_secs = stats.elapsed_secs;
+    let cpu_secs = proc_cpu_secs(edge_pid).unwrap_or(cpu0) - cpu0;
+    let (rss_end, hwm) = proc_rss_kib(edge_pid).unwrap_or((0, 0));
+    peak_rss = peak_rss.max(rss_end);
+    let core_credited = rig.core_metric("quarry_core_shares_credited_total")? as u64;
+    let spool_pending = rig
+        .edge_metric("quarry_edge_spool_pending_shares")
+        .unwrap_or(0.0) as u64;
+    let up = rig.meter.stats.to_target.snapshot();
+    let down = rig.meter.stats.to_client.snapshot();
+    rig.tcp_link = None;
+    rig.edge.stop(Duration::from_secs(10));
+    rig.core.stop(Duration::from_secs(10));
+    let credited = rig.credited_shares()?;
+    let credit = compare(&stats.accepted_ids, &credited);
+    for m in credit.missing.iter().take(5) {
+        problems.push(format!("lost: {m}"));
+    }
+    for d in credit.doubled.iter().take(5) {
+        problems.push(format!("credited twice: {d}"));
+    }
+    let rejected_by_reason = stats
+        .shares
+        .rejected_by_code
+        .iter()
+        .map(|(c, n)| (format!("{c} {}", reject_reason(*c)), *n))
+        .collect();
+    stats.accepted_ids.clear();
+    Ok(ScenarioReport {
+        scenario: s.name.clone(),
+        description: s.description.clone(),
+        baseline: s.baseline,
+        machine: machine(),
+        started_unix_secs,
+        elapsed_secs,
+        miners,
+        peak_connected,
+        shares_sent: stats.shares.submitted,
+        shares_accepted: stats.shares.accepted,
+        shares_rejected: stats.shares.rejected,
+        rejected_by_reason,
+        unexpected_rejects: stats.shares.unexpected_rejects,
+        accepted_per_sec: stats.accepted_per_sec(),
+        submit_latency_us: stats.latency_us.clone(),
+        throughput: samples,
+        core_credited,
+        lost: credit.missing.len(),
+        edge_spool_pending_at_end: spool_pending,
+        double_credited: credit.doubled.len(),
+        credited_unacknowledged: credit.credited_unacknowledged,
+        settled,
+        uplink: Uplink {
+            edge_to_core_wire_bytes: up.wire_bytes(),
+            core_to_edge_wire_bytes: down.wire_bytes(),
+            edge_to_core_bytes_per_share: up.wire_bytes() as f64 / core_credited.max(1) as f64,
+        },
+        edge: EdgeResources {
+            cpu_secs,
+            cpu_percent: 100.0 * cpu_secs / elapsed_secs.max(1e-9),
+            rss_kib_idle: rss_idle,
+            rss_kib_peak: peak_rss,
+            vm_hwm_kib: hwm,
+            rss_bytes_per_connection: (peak_rss.saturating_sub(rss_idle) * 1024) as f64
+                / peak_connected.max(1) as f64,
+        },
+        hostile: hostile_report,
+        miner_stats: stats,
+        problems,
+        spec: s,
+    })
+}
+
+/// Writes report.json, summary.txt and throughput.svg into `out`.
+pub fn write_outputs(r: &ScenarioReport, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    std::fs::write(out.join("report.json"), serde_json::to_string_pretty(r)?)?;
+    std::fs::write(out.join("summary.txt"), summary(r))?;
+    std::fs::write(out.join("throughput.svg"), svg(r))?;
+    Ok(())
+}
+
+/// The human summary.
+pub fn summary(r: &ScenarioReport) -> String {
+    let mut o = String::new();
+    let l = &r.spec.link;
+    let _ = writeln!(
+        o,
+        "scenario {} ({}){}",
+        r.scenario,
+        match (r.baseline, r.spec.link.is_impaired()) {
+            (true, _) => "baseline: miners → impaired TCP → pool Stratum",
+            (false, true) => "edge: miners → edge → impaired QUIC → core",
+            (false, false) => "edge: miners → edge → QUIC → core",
+        },
+        if r.description.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", r.description)
+        }
+    );
+    let _ = writeln!(
+        o,
+        "machine: {} cores; run {:.1} s, {} miners (peak {} connected)",
+        r.machine.nproc, r.elapsed_secs, r.miners, r.peak_connected
+    );
+    let _ = writeln!(
+        o,
+        "link: delay {} ms, jitter {} ms, loss {}, bandwidth {} B/s, blackouts {:?}",
+        l.delay_ms,
+        l.jitter_ms,
+        l.loss,
+        l.bandwidth,
+        l.blackouts
+            .iter()
+            .map(|b| (b.at_secs, b.for_secs))
+            .collect::<Vec<_>>()
+    );
+    let _ = writeln!(
+        o,
+        "shares: sent {} accepted {} rejected {} ({:.0} accepted/s); unexpected rejects {}",
+        r.shares_sent,
+        r.shares_accepted,
+        r.shares_rejected,
+        r.accepted_per_sec,
+        r.unexpected_rejects
+    );
+    for (reason, n) in &r.rejected_by_reason {
+        let _ = writeln!(o, "  rejected {reason}: {n}");
+    }
+    let lat = &r.submit_latency_us;
+    let _ = writeln!(
+        o,
+        "submit latency: p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms ({} samples)",
+        lat.p50 as f64 / 1000.0,
+        lat.p99 as f64 / 1000.0,
+        lat.p999 as f64 / 1000.0,
+        lat.max as f64 / 1000.0,
+        lat.count
+    );
+    let _ = writeln!(
+        o,
+        "core credited {}; lost {}; double-credited {}; credited but unacknowledged {}; settled {}",
+        r.core_credited, r.lost, r.double_credited, r.credited_unacknowledged, r.settled
+    );
+    if !r.settled {
+        let _ = writeln!(
+            o,
+            "NOT SETTLED: {} shares still in the edge spool when the settle window ({} s) ended",
+            r.edge_spool_pending_at_end, r.spec.settle_secs
+        );
+    }
+    let _ = writeln!(
+        o,
+        "uplink: {:.1} B/share edge→core on the wire ({} B up, {} B down)",
+        r.uplink.edge_to_core_bytes_per_share,
+        r.uplink.edge_to_core_wire_bytes,
+        r.uplink.core_to_edge_wire_bytes
+    );
+    let e = &r.edge;
+    let _ = writeln!(
+        o,
+        "edge: CPU {:.1} s ({:.0}% of a core), RSS idle {} KiB, peak {} KiB, {:.0} B per connection",
+        e.cpu_secs, e.cpu_percent, e.rss_kib_idle, e.rss_kib_peak, e.rss_bytes_per_connection
+    );
+    if let Some(h) = &r.hostile {
+        let _ = writeln!(o, "hostile: {h}");
+    }
+    for p in r.problems.iter().take(10) {
+        let _ = writeln!(o, "problem: {p}");
+    }
+    let verdict = if r.lost == 0 && r.double_credited == 0 && r.settled {
+        "PASS: every accepted share credited exactly once"
+    } else {
+        "FAIL: shares lost or credited twice (see above)"
+    };
+    let _ = writeln!(o, "{verdict}");
+    o
+}
+
+/// A hand-written SVG line plot: accepted and rejected shares/s over time, blackouts shaded,
+/// the run's p50 and p99 submit latency in the title. (Per-second latency percentiles are not
+/// collected: the miners keep one histogram per run.)
+pub fn svg(r: &ScenarioReport) -> String {
+    let (w, h, ml, mr, mt, mb) = (800.0, 360.0, 60.0, 20.0, 40.0, 40.0);
+    let pw = w - ml - mr;
+    let ph = h - mt - mb;
+    let tmax = r.throughput.last().map_or(1.0, |s| s.t_secs).max(1.0);
+    let ymax = r
+        .throughput
+        .iter()
+        .map(|s| s.accepted_per_sec.max(s.rejected_per_sec))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let x = |t: f64| ml + pw * t / tmax;
+    let y = |v: f64| mt + ph * (1.0 - v / ymax);
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(o, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let mut prev_t = 0.0;
+    for s in &r.throughput {
+        if s.blackout {
+            let _ = writeln!(
+                o,
+                r##"<rect x="{:.1}" y="{mt}" width="{:.1}" height="{ph}" fill="#ddd"/>"##,
+                x(prev_t),
+                (x(s.t_secs) - x(prev_t)).max(1.0)
+            );
+        }
+        prev_t = s.t_secs;
+    }
+    let _ = writeln!(
+        o,
+        r#"<text x="{ml}" y="20">{} — accepted (blue) and rejected (red) shares/s; submit p50 {:.2} ms, p99 {:.2} ms; grey = link cut</text>"#,
+        xml_escape(&r.scenario),
+        r.submit_latency_us.p50 as f64 / 1000.0,
+        r.submit_latency_us.p99 as f64 / 1000.0
+    );
+    let _ = writeln!(
+        o,
+        r#"<line x1="{ml}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{ml}" y1="{mt}" x2="{ml}" y2="{}" stroke="black"/>"#,
+        mt + ph,
+        ml + pw,
+        mt + ph,
+        mt + ph
+    );
+    for i in 0..=4 {
+        let v = ymax * f64::from(i) / 4.0;
+        let _ = writeln!(
+            o,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{:.0}</text>"#,
+            ml - 4.0,
+            y(v) + 4.0,
+            v
+        );
+        let t = tmax * f64::from(i) / 4.0;
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.0} s</text>"#,
+            x(t),
+            h - 15.0,
+            t
+        );
+    }
+    for (colour, f) in [
+        (
+            "blue",
+            (|s: &Sample| s.accepted_per_sec) as fn(&Sample) -> f64,
+        ),
+        ("red", |s: &Sample| s.rejected_per_sec),
+    ] {
+        let points: Vec<String> = r
+            .throughput
+            .iter()
+            .map(|s| format!("{:.1},{:.1}", x(s.t_secs), y(f(s))))
+            .collect();
+        let _ = writeln!(
+            o,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
+            points.join(" ")
+        );
+    }
+    o.push_str("</svg>\n");
+    o
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TINY: &str = r#"
+duration_secs = 5
+[miners]
+count = 20
+shares_per_sec = 200
+[link]
+delay_ms = 20
+blackouts = [{ at_secs = 2, for_secs = 1 }]
+"#;
+
+    #[test]
+    fn parses_a_scenario_with_defaults() {
+        let s = Scenario::parse(TINY).expect("parse");
+        assert_eq!(s.miners.count, 20);
+        assert_eq!(s.miners.profile, "mixed");
+        assert!(!s.baseline);
+        assert!(s.link.blacked_out_at(2.5));
+        assert!(!s.link.blacked_out_at(3.0));
+        assert_eq!(s.edge.max_connections, 15_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let e = Scenario::parse(&format!("{TINY}\nbogus = 1\n")).unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
+        let e = Scenario::parse(&TINY.replace("count = 20", "count = 20\ncolour = 1")).unwrap_err();
+        assert!(e.contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = Scenario::parse(&TINY.replace("delay_ms = 20", "loss = 1.5")).unwrap_err();
+        assert!(e.starts_with("link.loss"), "{e}");
+        let e = Scenario::parse(&TINY.replace("count = 20", "count = 0")).unwrap_err();
+        assert!(e.starts_with("miners.count"), "{e}");
+        let e = Scenario::parse(&format!(
+            "{TINY}\n[miners.mix]\nstale = 0.7\nduplicate = 0.7\n"
+        ))
+        .unwrap_err();
+        assert!(e.starts_with("miners.mix"), "{e}");
+    }
+
+    #[test]
+    fn the_bundled_scenarios_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        for entry in std::fs::read_dir(&dir).expect("scenarios folder") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Scenario::load(&path).unwrap_or_else(|e| panic!("{e:#}"));
+            }
+        }
+    }
+
+    #[test]
+    fn reads_this_process_from_proc() {
+        let pid = std::process::id();
+        assert!(proc_cpu_secs(pid).is_some());
+        let (rss, hwm) = proc_rss_kib(pid).expect("status");
+        assert!(rss > 0 && hwm >= rss);
+    }
+}

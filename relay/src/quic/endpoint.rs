@@ -60,6 +60,13 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
 }
 
 /// Transport parameters shared by the core and the edges (see the module docs).
+/// Packets that may arrive after a later one before the earlier counts as lost (RFC 9002 uses
+/// 3; jittery links reorder far more than that).
+pub const REORDERING_PACKET_THRESHOLD: u32 = 32;
+/// Time, in RTTs, a packet may lag behind a later acknowledged one before it counts as lost
+/// (RFC 9002: 9/8).
+pub const REORDERING_TIME_THRESHOLD: f32 = 1.5;
+
 pub fn transport_config() -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
     transport
@@ -70,7 +77,15 @@ pub fn transport_config() -> quinn::TransportConfig {
         .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW))
         .receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW))
         // The relay protocol uses streams only; unreliable datagrams would be an unused door.
-        .datagram_receive_buffer_size(None);
+        .datagram_receive_buffer_size(None)
+        // Farm uplinks lose packets for reasons other than congestion (radio, satellite) and
+        // reorder them under jitter. A loss-based controller (the default, Cubic) halves its
+        // window at every such loss and, after a blackout, crawls back from two packets; the
+        // backlog of spooled batches then never drains. BBR paces by measured bandwidth and
+        // RTT instead, and a higher reordering threshold stops jitter from counting as loss.
+        .congestion_controller_factory(std::sync::Arc::new(quinn::congestion::BbrConfig::default()))
+        .packet_threshold(REORDERING_PACKET_THRESHOLD)
+        .time_threshold(REORDERING_TIME_THRESHOLD);
     transport
 }
 

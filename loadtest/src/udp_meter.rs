@@ -176,6 +176,12 @@ mod tests {
         assert_eq!(n, 100);
         echo.send_to(&b[..10], from).expect("reply");
         assert_eq!(c.recv(&mut b).expect("reply relayed"), 10);
+        // The relay counts after it forwards: the reply can reach us a moment before that.
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while meter.stats.to_client.snapshot().packets == 0 && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let up = meter.stats.to_target.snapshot();
         let down = meter.stats.to_client.snapshot();
         assert_eq!((up.packets, up.payload_bytes), (1, 100));

@@ -99,8 +99,20 @@ impl Rig {
         target: Target,
         miss: Option<Target>,
     ) -> u32 {
+        self.find_nonce_from(0, job, version, target, miss)
+    }
+
+    /// [`Rig::find_nonce`], searching from `start` (to find further shares on one job).
+    fn find_nonce_from(
+        &self,
+        start: u32,
+        job: &JobEntry,
+        version: u32,
+        target: Target,
+        miss: Option<Target>,
+    ) -> u32 {
         let e2 = Extranonce::from_hex("00000001").unwrap();
-        for nonce in 0.. {
+        for nonce in start.. {
             let w = ShareWork {
                 extranonce1: self.s.extranonce1(),
                 extranonce2: e2,
@@ -228,24 +240,13 @@ fn share_on_previous_job_with_same_prevhash_is_accepted_within_grace_then_stale(
     let resp = r.send(&submit_line(4, "1", nonce));
     assert_eq!(resp, vec![r#"{"id":4,"result":true,"error":null}"#]);
     r.now += Duration::from_secs(31);
-    let nonce2 = {
-        let mut n = nonce + 1;
-        loop {
-            let w = ShareWork {
-                extranonce1: r.s.extranonce1(),
-                extranonce2: Extranonce::from_hex("00000001").unwrap(),
-                ntime: old.job.ntime,
-                nonce: n,
-                version: 0x2000_0000,
-            };
-            if target_of(1.0 / 16_777_216.0)
-                .is_met_by(&PowAlgorithm::Sha256d.hash(&old.job.header(&w).to_bytes()))
-            {
-                break n;
-            }
-            n += 1;
-        }
-    };
+    let nonce2 = r.find_nonce_from(
+        nonce + 1,
+        &old,
+        0x2000_0000,
+        target_of(1.0 / 16_777_216.0),
+        None,
+    );
     let resp = r.send(&submit_line(5, "1", nonce2));
     assert_eq!(
         resp,
@@ -345,22 +346,7 @@ fn vardiff_retarget_does_not_reject_in_flight_shares() {
     let mut nonces = vec![];
     let mut n = 0;
     while nonces.len() < 12 {
-        let nonce = {
-            let mut k = n;
-            loop {
-                let w = ShareWork {
-                    extranonce1: r.s.extranonce1(),
-                    extranonce2: Extranonce::from_hex("00000001").unwrap(),
-                    ntime: j1.job.ntime,
-                    nonce: k,
-                    version: 0x2000_0000,
-                };
-                if easy.is_met_by(&PowAlgorithm::Sha256d.hash(&j1.job.header(&w).to_bytes())) {
-                    break k;
-                }
-                k += 1;
-            }
-        };
+        let nonce = r.find_nonce_from(n, &j1, 0x2000_0000, easy, None);
         nonces.push(nonce);
         n = nonce + 1;
     }

@@ -5,8 +5,7 @@ use crate::service::CoreService;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
@@ -116,10 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 metrics = %format!("http://{metrics}/metrics"),
                 "quarry-core running"
             );
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, stop.clone())?;
-            }
+            let stop = edge::telemetry::stop_on_signals()?;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
             }

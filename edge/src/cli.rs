@@ -8,7 +8,7 @@ use relay::seglog::SegLogConfig;
 use relay::wire::BatchContext;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,10 +95,7 @@ fn serve(cfg: EdgeConfig) -> anyhow::Result<()> {
             "recovered shares from the spool that no batch covered yet"
         );
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
+    let stop = crate::telemetry::stop_on_signals()?;
     let lease = read_lease(&cfg.spool_dir).map(|(p, s)| BatchContext {
         lease_prefix: p,
         extranonce2_size: s,

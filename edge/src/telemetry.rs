@@ -45,3 +45,12 @@ pub fn serve_metrics(addr: SocketAddr) -> anyhow::Result<SocketAddr> {
         .map_err(|e| anyhow::anyhow!("metrics exporter on {bound}: {e}"))?;
     Ok(bound)
 }
+
+/// A flag that SIGINT or SIGTERM sets: every binary's loop checks it to stop cleanly.
+pub fn stop_on_signals() -> std::io::Result<std::sync::Arc<std::sync::atomic::AtomicBool>> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    Ok(stop)
+}

@@ -394,10 +394,7 @@ fn synthetic_pool(args: &SyntheticPoolArgs) -> anyhow::Result<()> {
     cfg.max_connections = args.max_connections;
     cfg.job_interval = secs("job-interval", args.job_interval).map_err(anyhow::Error::msg)?;
     let report_every = secs("report-every", args.report_every).map_err(anyhow::Error::msg)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
+    let stop = edge::telemetry::stop_on_signals().context("installing signal handlers")?;
     let mut pool = SyntheticPool::start(cfg.clone())
         .with_context(|| format!("starting the edge server on {}", args.listen))?;
     println!(
@@ -428,10 +425,7 @@ fn synthetic_core(args: &SyntheticCoreArgs) -> anyhow::Result<()> {
     cfg.blocks_log = args.blocks_log.clone();
     cfg.audit_per_mille = args.audit_per_mille;
     let report_every = secs("report-every", args.report_every).map_err(anyhow::Error::msg)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
+    let stop = edge::telemetry::stop_on_signals().context("installing signal handlers")?;
     crate::synthetic_core::run(&cfg, &stop, report_every, |line| info!("{line}"))
 }
 
@@ -567,10 +561,7 @@ fn run_scenario(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| std::path::Path::new("target/scenarios").join(&scenario.name));
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
+    let stop = edge::telemetry::stop_on_signals().context("installing signal handlers")?;
     let opts = RunOptions {
         out: out.clone(),
         miners: args.miners,

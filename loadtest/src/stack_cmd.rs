@@ -8,17 +8,13 @@ use crate::stack::{fresh_dir, remove_dir, Stack, StackOptions};
 use anyhow::Context;
 use relay::PowAlgorithm;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub fn run(args: &StackArgs) -> anyhow::Result<ExitCode> {
     let duration = Duration::try_from_secs_f64(args.duration)
         .map_err(|_| anyhow::anyhow!("--duration {}: not a number of seconds", args.duration))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
+    let stop = edge::telemetry::stop_on_signals()?;
     let dir = args
         .dir
         .clone()

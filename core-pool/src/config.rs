@@ -4,10 +4,12 @@
 use crate::daemon::rpc::{RpcAuth, RpcClientConfig};
 use crate::gateway::GatewayConfig;
 use crate::jobs::JobManagerConfig;
+use crate::proxy::{ProxyConfig, SelectionMode, UpstreamSpec};
 use edge::config::{load_toml, ConfigError, LimitsSection, StratumSection};
 use edge::server::ServerConfig;
 use edge::telemetry::LogFormat;
 use relay::pow::PowAlgorithm;
+use relay::upstream::PoolUrl;
 use relay::work::ExtranonceLayout;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -32,6 +34,75 @@ pub struct CoreConfigFile {
     pub log: LogSection,
     /// Remote edges; no section, no gateway.
     pub gateway: Option<GatewaySection>,
+    /// Proxy mining: work from upstream pools instead of daemons.
+    pub proxy: Option<ProxySection>,
+}
+
+/// `[proxy]`: mine for upstream pools (see `core_pool::proxy`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// `failover` (priority order) or `split` (by weight).
+    #[serde(default = "default_proxy_mode")]
+    pub mode: String,
+    #[serde(default = "default_failback")]
+    pub failback_secs: f64,
+    #[serde(default = "default_split_period")]
+    pub split_period_secs: f64,
+    #[serde(default = "default_reject_alarm")]
+    pub reject_alarm_after: u32,
+    #[serde(default = "default_demote")]
+    pub demote_secs: u64,
+    /// Ask upstreams for BIP310 version rolling (our miners roll inside the granted mask).
+    #[serde(default = "default_true")]
+    pub version_rolling: bool,
+    #[serde(default = "default_retry_max")]
+    pub retry_max_secs: f64,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSection>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    /// Defaults to the URL's host:port.
+    #[serde(default)]
+    pub name: String,
+    pub url: String,
+    pub user: String,
+    #[serde(default = "default_upstream_password")]
+    pub password: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    pub tls_ca: Option<PathBuf>,
+}
+
+fn default_proxy_mode() -> String {
+    "failover".into()
+}
+fn default_failback() -> f64 {
+    30.0
+}
+fn default_split_period() -> f64 {
+    10.0
+}
+fn default_reject_alarm() -> u32 {
+    5
+}
+fn default_demote() -> u64 {
+    300
+}
+fn default_true() -> bool {
+    true
+}
+fn default_retry_max() -> f64 {
+    30.0
+}
+fn default_upstream_password() -> String {
+    "x".into()
+}
+fn default_weight() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -40,12 +111,22 @@ pub struct PoolSection {
     /// `scrypt` (Litecoin, Dogecoin) or `sha256d` (Bitcoin).
     #[serde(default = "default_algorithm")]
     pub algorithm: String,
+    /// Required in pool mode (with daemons); unused in proxy mode.
+    #[serde(default)]
     pub payout_address: String,
     #[serde(default = "default_tag")]
     pub pool_tag: String,
     /// This shard's byte in every extranonce1 (0-255); shards must differ.
     #[serde(default)]
     pub shard_id: u8,
+    /// Bytes of extranonce2 miners roll (2-8). A pool that other proxies mine into (Quarry in
+    /// proxy mode among them) should offer 8: they carve their own prefix out of it.
+    #[serde(default = "default_extranonce2_size")]
+    pub extranonce2_size: usize,
+}
+
+fn default_extranonce2_size() -> usize {
+    4
 }
 
 fn default_algorithm() -> String {
@@ -170,6 +251,8 @@ pub struct CoreConfig {
     pub log_format: LogFormat,
     /// The edge gateway, when `[gateway]` is present.
     pub gateway: Option<GatewayConfig>,
+    /// Proxy mining, when `[proxy]` is present (then there are no daemons).
+    pub proxy: Option<ProxyConfig>,
 }
 
 fn invalid(file: &Path, key: &str, reason: impl Into<String>) -> ConfigError {
@@ -192,8 +275,16 @@ impl CoreConfig {
             .algorithm
             .parse()
             .map_err(|e: String| invalid(file, "pool.algorithm", e))?;
-        if raw.pool.payout_address.trim().is_empty() {
+        let proxy_mode = raw.proxy.is_some();
+        if !proxy_mode && raw.pool.payout_address.trim().is_empty() {
             return Err(invalid(file, "pool.payout_address", "must not be empty"));
+        }
+        if !(2..=8).contains(&raw.pool.extranonce2_size) {
+            return Err(invalid(
+                file,
+                "pool.extranonce2_size",
+                format!("{} is outside 2..=8", raw.pool.extranonce2_size),
+            ));
         }
         if raw.pool.pool_tag.len() > 40 {
             return Err(invalid(
@@ -202,11 +293,18 @@ impl CoreConfig {
                 "at most 40 bytes (the coinbase scriptSig is limited to 100 bytes)",
             ));
         }
-        if raw.daemons.is_empty() {
+        if raw.daemons.is_empty() && !proxy_mode {
             return Err(invalid(
                 file,
                 "daemons",
-                "at least one [[daemons]] entry is needed",
+                "at least one [[daemons]] entry is needed (or a [proxy] section)",
+            ));
+        }
+        if !raw.daemons.is_empty() && proxy_mode {
+            return Err(invalid(
+                file,
+                "proxy",
+                "a core takes work either from [[daemons]] or from [proxy] upstreams, not both",
             ));
         }
         let mut daemons = Vec::new();
@@ -253,7 +351,10 @@ impl CoreConfig {
             c.retries = d.retries;
             daemons.push(c);
         }
-        let layout = ExtranonceLayout::default();
+        let layout = ExtranonceLayout {
+            extranonce2_len: raw.pool.extranonce2_size,
+            ..ExtranonceLayout::default()
+        };
         // Lease 0 of this shard is the core's own Stratum port; remote edges get 1..=255.
         let prefix = layout
             .edge_prefix(raw.pool.shard_id as u64, 0)
@@ -281,7 +382,12 @@ impl CoreConfig {
                 algorithm,
             )?),
         };
+        let proxy = match raw.proxy {
+            None => None,
+            Some(p) => Some(proxy_config(file, p, algorithm, layout)?),
+        };
         Ok(CoreConfig {
+            proxy,
             file: file.to_path_buf(),
             algorithm,
             shard_id: raw.pool.shard_id,
@@ -294,6 +400,108 @@ impl CoreConfig {
             gateway,
         })
     }
+}
+
+fn proxy_config(
+    file: &Path,
+    p: ProxySection,
+    algorithm: PowAlgorithm,
+    layout: ExtranonceLayout,
+) -> Result<ProxyConfig, ConfigError> {
+    if p.upstreams.is_empty() {
+        return Err(invalid(
+            file,
+            "proxy.upstreams",
+            "at least one [[proxy.upstreams]] entry is needed",
+        ));
+    }
+    let mode = match p.mode.as_str() {
+        "failover" => SelectionMode::Failover,
+        "split" => SelectionMode::Split,
+        other => {
+            return Err(invalid(
+                file,
+                "proxy.mode",
+                format!("'{other}' is not one of failover, split"),
+            ))
+        }
+    };
+    let secs = |key: &str, v: f64| -> Result<Duration, ConfigError> {
+        if v.is_finite() && (0.0..=86_400.0).contains(&v) {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(invalid(
+                file,
+                key,
+                format!("{v} is not a number of seconds from 0 to 86400"),
+            ))
+        }
+    };
+    let mut upstreams = Vec::new();
+    for (i, u) in p.upstreams.into_iter().enumerate() {
+        let key = |k: &str| format!("proxy.upstreams[{i}].{k}");
+        let url: PoolUrl = u
+            .url
+            .parse()
+            .map_err(|e: relay::upstream::PoolUrlError| invalid(file, &key("url"), e.reason))?;
+        if u.user.trim().is_empty() {
+            return Err(invalid(file, &key("user"), "must not be empty"));
+        }
+        if mode == SelectionMode::Split && u.weight == 0 {
+            return Err(invalid(
+                file,
+                &key("weight"),
+                "must be at least 1 in split mode",
+            ));
+        }
+        if let Some(ca) = &u.tls_ca {
+            if !url.tls {
+                return Err(invalid(
+                    file,
+                    &key("tls_ca"),
+                    "set for a stratum+tcp:// URL (TLS roots are for stratum+ssl://)",
+                ));
+            }
+            if !ca.exists() {
+                return Err(invalid(
+                    file,
+                    &key("tls_ca"),
+                    format!("{} does not exist", ca.display()),
+                ));
+            }
+        }
+        upstreams.push(UpstreamSpec {
+            name: if u.name.is_empty() {
+                format!("{}:{}", url.host, url.port)
+            } else {
+                u.name
+            },
+            url,
+            user: u.user,
+            password: u.password,
+            weight: u.weight,
+            tls_ca: u.tls_ca,
+        });
+    }
+    let mut c = ProxyConfig::new(upstreams, algorithm);
+    c.mode = mode;
+    c.failback = secs("proxy.failback_secs", p.failback_secs)?;
+    c.split_period = secs("proxy.split_period_secs", p.split_period_secs)?;
+    if c.split_period < Duration::from_millis(100) {
+        return Err(invalid(
+            file,
+            "proxy.split_period_secs",
+            "must be at least 0.1",
+        ));
+    }
+    c.retry_max = secs("proxy.retry_max_secs", p.retry_max_secs)?.max(c.retry_min);
+    c.reject_alarm_after = p.reject_alarm_after.max(1);
+    c.demote_for = Duration::from_secs(p.demote_secs);
+    c.layout = layout;
+    c.version_rolling = p
+        .version_rolling
+        .then_some(relay::work::VersionMask::BIP320);
+    Ok(c)
 }
 
 fn gateway_config(

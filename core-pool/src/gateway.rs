@@ -91,6 +91,9 @@ pub trait JobSource: Send + Sync + 'static {
     fn job(&self, id: &JobId) -> Option<Arc<PoolJob>>;
     /// Rebuilds and submits a block. Blocks the calling thread for the RPC.
     fn submit_block(&self, candidate: BlockCandidate) -> Result<BlockOutcome, SubmitError>;
+    /// A share its edge found to meet the job's upstream target (proxy mining): pass it on to
+    /// the upstream pool. Must not block; sources without an upstream ignore it.
+    fn forward_share(&self, _share: &ShareData) {}
 }
 
 impl JobSource for JobManager {
@@ -581,7 +584,7 @@ fn job_loop(shared: Arc<Shared>, rx: Receiver<Arc<PoolJob>>) {
         };
         let frame = ControlFrame::Job(Box::new(JobMsg {
             job: job.job.clone(),
-            upstream_target: None,
+            upstream_target: job.upstream_target,
         }));
         let frame = match frame.to_bytes() {
             Ok(f) => f,
@@ -1143,6 +1146,10 @@ async fn handle_uni(shared: Arc<Shared>, session: Arc<Session>, mut recv: quinn:
                     return;
                 }
             };
+            // Upstream work first: it races the upstream's next job, the journal does not.
+            for s in shares.iter().filter(|s| s.meets_upstream) {
+                shared.jobs.forward_share(s);
+            }
             let per_mille = session.audit_per_mille.load(Ordering::SeqCst);
             let auditor = shared.clone();
             let prefix = session.ctx.lease_prefix;
@@ -1282,7 +1289,13 @@ impl Shared {
         let mut entries = self.entries.lock();
         let entry = entries
             .entry(id.clone())
-            .or_insert_with(|| Arc::new(JobEntry::new(pool_job.job.clone(), None, Instant::now())))
+            .or_insert_with(|| {
+                Arc::new(JobEntry::new(
+                    pool_job.job.clone(),
+                    pool_job.upstream_target,
+                    Instant::now(),
+                ))
+            })
             .clone();
         Some((pool_job, entry))
     }

@@ -64,9 +64,13 @@ impl JobReason {
 #[derive(Debug)]
 pub struct PoolJob {
     pub job: Job,
-    pub template: Arc<BlockTemplate>,
+    /// The daemon's template the job was built from (`None`: an upstream pool's job in proxy
+    /// mining, which we cannot turn into a block ourselves).
+    pub template: Option<Arc<BlockTemplate>>,
     /// A header whose PoW hash meets this target is a block.
     pub network_target: Target,
+    /// In proxy mining, the upstream pool's share target: shares meeting it are forwarded.
+    pub upstream_target: Option<Target>,
     pub height: u64,
     pub created_at: Instant,
     pub reason: JobReason,
@@ -144,7 +148,10 @@ impl JobPlanner {
     ) -> Result<Option<Arc<PoolJob>>, JobError> {
         let reason = match &self.current {
             None => JobReason::First,
-            Some(cur) if cur.template.previous_block_hash != template.previous_block_hash => {
+            Some(cur)
+                if cur.template.as_ref().map(|t| t.previous_block_hash)
+                    != Some(template.previous_block_hash) =>
+            {
                 if template.height < cur.height {
                     debug!(
                         height = template.height,
@@ -157,13 +164,13 @@ impl JobPlanner {
             }
             Some(cur) => {
                 let age = now.saturating_duration_since(cur.created_at);
-                let same_txs = cur.template.transactions.len() == template.transactions.len()
-                    && cur
-                        .template
-                        .transactions
-                        .iter()
-                        .zip(&template.transactions)
-                        .all(|(a, b)| a.txid == b.txid);
+                let same_txs = cur.template.as_ref().is_some_and(|t| {
+                    t.transactions.len() == template.transactions.len()
+                        && t.transactions
+                            .iter()
+                            .zip(&template.transactions)
+                            .all(|(a, b)| a.txid == b.txid)
+                });
                 if age >= self.refresh_interval {
                     JobReason::Refresh
                 } else if !same_txs && age >= self.tx_update_interval {
@@ -181,8 +188,9 @@ impl JobPlanner {
         let pool_job = Arc::new(PoolJob {
             job,
             height: template.height,
-            template: Arc::new(template),
+            template: Some(Arc::new(template)),
             network_target,
+            upstream_target: None,
             created_at: now,
             reason,
         });
@@ -193,7 +201,7 @@ impl JobPlanner {
 
 /// The first job id of a new planner: the Unix time in milliseconds (1 if the clock is before
 /// 1970).
-fn first_job_id() -> u64 {
+pub(crate) fn first_job_id() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -282,6 +290,10 @@ pub enum SubmitError {
         got: Hash256,
         expected: Hash256,
     },
+    #[error(
+        "block candidate for job {job_id}: the job has no block template (an upstream pool's job)"
+    )]
+    NoTemplate { job_id: JobId },
     #[error("block candidate for job {job_id}: the coinbase and merkle branch give root {computed}, the header has {header}")]
     MerkleMismatch {
         job_id: JobId,
@@ -400,8 +412,8 @@ impl Shared {
             height = job.height,
             clean_jobs = job.job.clean_jobs,
             reason = job.reason.as_str(),
-            transactions = job.template.transactions.len(),
-            mweb = job.template.mweb.is_some(),
+            transactions = job.template.as_ref().map_or(0, |t| t.transactions.len()),
+            mweb = job.template.as_ref().is_some_and(|t| t.mweb.is_some()),
             "new job"
         );
     }
@@ -550,12 +562,15 @@ impl JobManager {
             job_id: c.job_id.clone(),
             kept: self.shared.config.history,
         })?;
+        let Some(template) = job.template.clone() else {
+            return Err(SubmitError::NoTemplate { job_id: c.job_id });
+        };
         let header = BlockHeader::from_bytes(&c.header);
-        if header.prev_hash != job.template.previous_block_hash {
+        if header.prev_hash != template.previous_block_hash {
             return Err(SubmitError::PrevHashMismatch {
                 job_id: c.job_id,
                 got: header.prev_hash,
-                expected: job.template.previous_block_hash,
+                expected: template.previous_block_hash,
             });
         }
         let computed = Hash256(merkle_root(sha256d(&c.coinbase), &job.job.merkle_branch));
@@ -566,7 +581,7 @@ impl JobManager {
                 header: header.merkle_root,
             });
         }
-        let block = assemble_block(&job.template, &c.coinbase, &c.header).map_err(|source| {
+        let block = assemble_block(&template, &c.coinbase, &c.header).map_err(|source| {
             SubmitError::Assembly {
                 job_id: c.job_id.clone(),
                 source,
@@ -821,7 +836,7 @@ mod tests {
             .expect("tx change");
         assert!(!job.job.clean_jobs);
         assert_eq!(job.reason, JobReason::TransactionsChanged);
-        assert_eq!(job.template.transactions.len(), 1);
+        assert_eq!(job.template.as_ref().unwrap().transactions.len(), 1);
     }
 
     #[test]

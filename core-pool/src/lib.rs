@@ -18,5 +18,6 @@ pub mod jobs;
 pub mod journal;
 pub mod leases;
 pub mod ledger;
+pub mod proxy;
 pub mod regtest;
 pub mod service;

@@ -9,16 +9,22 @@
 //!
 //! With a `[gateway]` section, the edge [`Gateway`] runs beside them, sharing the job manager
 //! (jobs out, blocks in) and the ledger (which it first rebuilds from the shard journal).
+//!
+//! The work source is the daemons' [`JobManager`] in pool mode, or the [`ProxyPool`] in proxy
+//! mode (`[proxy]`); both are a [`JobSource`], so nothing downstream knows which. In proxy mode
+//! the share processor also hands shares that meet the upstream target to the proxy.
 
 use crate::config::CoreConfig;
 use crate::daemon::rpc::{DaemonPool, RpcClient};
 use crate::gateway::{Gateway, JobSource};
 use crate::jobs::{BlockCandidate as DaemonCandidate, JobManager};
+use crate::proxy::ProxyPool;
 use anyhow::Context;
 use crossbeam_channel::{Receiver, Sender};
 use edge::jobs::JobEntry;
 use edge::server::ServerHandle;
 use edge::share::ShareEvent;
+use relay::wire::ShareData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -28,7 +34,9 @@ use std::time::{Duration, Instant};
 pub use crate::ledger::{Ledger, WorkerTally};
 
 pub struct CoreService {
-    jobs: Arc<JobManager>,
+    source: Arc<dyn JobSource>,
+    jobs: Option<Arc<JobManager>>,
+    proxy: Option<Arc<ProxyPool>>,
     server: Arc<ServerHandle>,
     pub ledger: Arc<Ledger>,
     gateway: Option<Gateway>,
@@ -38,11 +46,21 @@ pub struct CoreService {
 
 impl CoreService {
     pub fn start(cfg: &CoreConfig) -> anyhow::Result<CoreService> {
-        let clients = cfg.daemons.iter().cloned().map(RpcClient::new).collect();
-        let pool = DaemonPool::new(clients).context("daemons")?;
-        let jobs = Arc::new(
-            JobManager::start(pool, cfg.jobs.clone()).context("starting the job manager")?,
-        );
+        let (source, jobs, proxy): (Arc<dyn JobSource>, _, _) = match &cfg.proxy {
+            Some(p) => {
+                let proxy = Arc::new(ProxyPool::start(p.clone()).context("starting proxy mining")?);
+                (proxy.clone(), None, Some(proxy))
+            }
+            None => {
+                let clients = cfg.daemons.iter().cloned().map(RpcClient::new).collect();
+                let pool = DaemonPool::new(clients).context("daemons")?;
+                let jobs = Arc::new(
+                    JobManager::start(pool, cfg.jobs.clone())
+                        .context("starting the job manager")?,
+                );
+                (jobs.clone(), Some(jobs), None)
+            }
+        };
         let (share_tx, share_rx) = crossbeam_channel::unbounded();
         let server = Arc::new(
             edge::server::start(cfg.server.clone(), share_tx)
@@ -53,7 +71,7 @@ impl CoreService {
         let gateway = match &cfg.gateway {
             None => None,
             Some(g) => {
-                let source: Arc<dyn JobSource> = jobs.clone();
+                let source = source.clone();
                 Some(
                     Gateway::start(g.clone(), source, ledger.clone())
                         .context("starting the edge gateway")?,
@@ -63,7 +81,7 @@ impl CoreService {
         let (block_tx, block_rx) = crossbeam_channel::unbounded();
         let mut threads = Vec::new();
         {
-            let rx = jobs.subscribe();
+            let rx = source.subscribe();
             let server = server.clone();
             let stop = stop.clone();
             threads.push(
@@ -74,7 +92,7 @@ impl CoreService {
                             match rx.recv_timeout(Duration::from_millis(200)) {
                                 Ok(pj) => server.publish(Arc::new(JobEntry::new(
                                     pj.job.clone(),
-                                    None,
+                                    pj.upstream_target,
                                     Instant::now(),
                                 ))),
                                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
@@ -87,23 +105,26 @@ impl CoreService {
         {
             let ledger = ledger.clone();
             let stop = stop.clone();
+            let source = source.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("share-processor".into())
-                    .spawn(move || process_shares(share_rx, block_tx, ledger, stop))?,
+                    .spawn(move || process_shares(share_rx, block_tx, ledger, source, stop))?,
             );
         }
         {
-            let jobs = jobs.clone();
+            let source = source.clone();
             let stop = stop.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name("block-submitter".into())
-                    .spawn(move || submit_blocks(block_rx, jobs, stop))?,
+                    .spawn(move || submit_blocks(block_rx, source, stop))?,
             );
         }
         Ok(CoreService {
+            source,
             jobs,
+            proxy,
             server,
             ledger,
             gateway,
@@ -116,8 +137,18 @@ impl CoreService {
         self.server.local_addr()
     }
 
-    pub fn job_manager(&self) -> &Arc<JobManager> {
-        &self.jobs
+    /// The daemons' job manager (pool mode only).
+    pub fn job_manager(&self) -> Option<&Arc<JobManager>> {
+        self.jobs.as_ref()
+    }
+
+    /// The upstream pools (proxy mode only).
+    pub fn proxy(&self) -> Option<&Arc<ProxyPool>> {
+        self.proxy.as_ref()
+    }
+
+    pub fn source(&self) -> &Arc<dyn JobSource> {
+        &self.source
     }
 
     /// The edge gateway's UDP address, when it runs.
@@ -137,6 +168,9 @@ impl CoreService {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(p) = self.proxy.take() {
+            p.shutdown();
+        }
     }
 }
 
@@ -144,6 +178,7 @@ fn process_shares(
     rx: Receiver<ShareEvent>,
     blocks: Sender<DaemonCandidate>,
     ledger: Arc<Ledger>,
+    source: Arc<dyn JobSource>,
     stop: Arc<AtomicBool>,
 ) {
     while !stop.load(Ordering::Relaxed) {
@@ -154,6 +189,23 @@ fn process_shares(
         };
         match ev {
             ShareEvent::Accepted(s) => {
+                if s.meets_upstream {
+                    source.forward_share(&ShareData {
+                        worker: s.worker.clone(),
+                        job_id: s.job_id.clone(),
+                        extranonce1: s.extranonce1,
+                        extranonce2: s.extranonce2,
+                        ntime: s.ntime,
+                        nonce: s.nonce,
+                        version: s.version,
+                        difficulty: s.difficulty,
+                        received_at_ms: s
+                            .received_at
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64),
+                        meets_upstream: true,
+                    });
+                }
                 ledger.credit(&s.worker, s.difficulty.value(), false);
                 metrics::counter!("quarry_core_shares_credited_total").increment(1);
             }
@@ -171,7 +223,7 @@ fn process_shares(
     }
 }
 
-fn submit_blocks(rx: Receiver<DaemonCandidate>, jobs: Arc<JobManager>, stop: Arc<AtomicBool>) {
+fn submit_blocks(rx: Receiver<DaemonCandidate>, jobs: Arc<dyn JobSource>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let c = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(c) => c,

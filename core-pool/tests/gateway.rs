@@ -79,7 +79,8 @@ impl TestJobs {
         let pool_job = Arc::new(PoolJob {
             network_target: Target::from_compact(nbits).expect("bits"),
             job,
-            template: template(),
+            template: Some(template()),
+            upstream_target: None,
             height: 1,
             created_at: Instant::now(),
             reason: JobReason::First,

@@ -101,7 +101,10 @@ fn mine_submit_and_check(
         .call("getblock", &[json!(best), json!(2)])
         .expect("getblock");
     let txs = block["tx"].as_array().expect("tx array");
-    assert_eq!(txs.len(), 1 + job.template.transactions.len());
+    assert_eq!(
+        txs.len(),
+        1 + job.template.as_ref().unwrap().transactions.len()
+    );
     let cb = &txs[0];
     let script_sig = cb["vin"][0]["coinbase"]
         .as_str()
@@ -217,16 +220,16 @@ fn mined_jobs_become_accepted_blocks_paying_the_pool_with_mweb_active() {
         let height = start_height + 1 + i;
         let job = job_where(&jobs, height, |_| true);
         assert!(
-            job.template.mweb.is_some(),
+            job.template.as_ref().unwrap().mweb.is_some(),
             "template at {height} has no mweb"
         );
         assert!(
-            job.template.has_hogex(),
+            job.template.as_ref().unwrap().has_hogex(),
             "template at {height} does not end with a HogEx"
         );
         // litecoind reuses its last template for 5 s unless the tip changes, so the payment
         // shows up in the first job or in the next block's.
-        saw_payment |= job.template.transactions.len() >= 2;
+        saw_payment |= job.template.as_ref().unwrap().transactions.len() >= 2;
         if i == 0 {
             bad_candidates_are_refused_or_rejected(&manager, &job);
         }
@@ -251,22 +254,25 @@ fn pool_mines_the_last_pre_mweb_block_and_the_activation_block() {
 
     let last_plain = MWEB_ACTIVATION_HEIGHT - 1;
     let job = job_where(&jobs, last_plain, |_| true);
-    assert!(job.template.mweb.is_none(), "MWEB data before activation");
-    assert!(!job.template.has_hogex());
+    assert!(
+        job.template.as_ref().unwrap().mweb.is_none(),
+        "MWEB data before activation"
+    );
+    assert!(!job.template.as_ref().unwrap().has_hogex());
     let block = mine_submit_and_check(&net, &manager, &rpc, &job, 0);
     assert!(!has_mweb(&block));
 
     // The activation block needs a peg-in; litecoind takes it into the mempool only now.
     net.peg_in(1.0).expect("peg-in");
-    let job = job_where(&jobs, MWEB_ACTIVATION_HEIGHT, |j| j.template.has_hogex());
-    assert!(job.template.mweb.is_some());
+    let job = job_where(&jobs, MWEB_ACTIVATION_HEIGHT, |j| j.template.as_ref().is_some_and(|t| t.has_hogex()));
+    assert!(job.template.as_ref().unwrap().mweb.is_some());
     let block = mine_submit_and_check(&net, &manager, &rpc, &job, 1);
     assert!(has_mweb(&block), "activation block carries no MWEB data");
     let info: Value = rpc.call("getblockchaininfo", &[]).expect("chain info");
     assert_eq!(info["softforks"]["mweb"]["active"], true);
 
     let job = job_where(&jobs, MWEB_ACTIVATION_HEIGHT + 1, |_| true);
-    assert!(job.template.has_hogex());
+    assert!(job.template.as_ref().unwrap().has_hogex());
     let block = mine_submit_and_check(&net, &manager, &rpc, &job, 2);
     assert!(has_mweb(&block));
     manager.stop();

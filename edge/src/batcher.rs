@@ -3,7 +3,9 @@
 //! A batch leaves when it holds `max_shares` shares or its oldest share has waited
 //! `max_delay`, whichever comes first: big batches keep the uplink compact (the wire cost per
 //! share falls as a batch grows), the age bound keeps credit timely. Block candidates never wait
-//! here; the uplink sends them alone at once.
+//! here; the uplink sends them alone at once. A share that meets the upstream pool's target
+//! (proxy mining) makes its batch leave at once too: the core forwards it upstream, and the
+//! upstream's next job would make it stale.
 
 use relay::wire::ShareData;
 use std::collections::BTreeMap;
@@ -27,6 +29,8 @@ pub struct ReadyBatch {
 pub struct Batcher {
     pending: Vec<PendingShare>,
     oldest: Option<Instant>,
+    /// A pending share is for the upstream pool: the batch is due now.
+    urgent: bool,
     pub max_shares: usize,
     pub max_delay: Duration,
 }
@@ -36,6 +40,7 @@ impl Batcher {
         Batcher {
             pending: Vec::new(),
             oldest: None,
+            urgent: false,
             max_shares: max_shares.max(1),
             max_delay,
         }
@@ -53,11 +58,15 @@ impl Batcher {
         if self.pending.is_empty() {
             self.oldest = Some(now);
         }
+        self.urgent |= share.data.meets_upstream;
         self.pending.push(share);
     }
 
     /// When the current batch must leave at the latest.
     pub fn deadline(&self) -> Option<Instant> {
+        if self.urgent {
+            return self.oldest;
+        }
         self.oldest.map(|t| t + self.max_delay)
     }
 
@@ -84,6 +93,7 @@ impl Batcher {
         let n = n.min(self.pending.len());
         let rest = self.pending.split_off(n);
         let taken = std::mem::replace(&mut self.pending, rest);
+        self.urgent = self.pending.iter().any(|p| p.data.meets_upstream);
         self.oldest = if self.pending.is_empty() {
             None
         } else {
@@ -156,5 +166,24 @@ mod tests {
             2
         );
         assert_eq!(b.deadline(), None);
+    }
+
+    #[test]
+    fn a_share_for_the_upstream_makes_its_batch_leave_at_once() {
+        let t = Instant::now();
+        let mut b = Batcher::new(100, Duration::from_millis(200));
+        b.push(share(0, 1), t);
+        assert!(b.poll(t + Duration::from_millis(1)).is_none());
+        let mut up = share(0, 2);
+        up.data.meets_upstream = true;
+        b.push(up, t + Duration::from_millis(1));
+        let r = b.poll(t + Duration::from_millis(1)).unwrap();
+        assert_eq!(r.shares.len(), 2);
+        assert!(r.shares[1].meets_upstream);
+        b.push(share(0, 3), t + Duration::from_millis(2));
+        assert!(
+            b.poll(t + Duration::from_millis(2)).is_none(),
+            "urgency ends with its batch"
+        );
     }
 }

@@ -145,7 +145,8 @@ impl SyntheticJobs {
         let pool_job = Arc::new(PoolJob {
             network_target: Target::from_compact(self.nbits).unwrap_or(Target::MAX),
             job,
-            template: self.template.clone(),
+            template: Some(self.template.clone()),
+            upstream_target: None,
             height: u64::from(height),
             created_at: Instant::now(),
             reason: if seq == 1 {

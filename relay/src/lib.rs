@@ -10,6 +10,7 @@ pub mod pow;
 pub mod quic;
 pub mod seglog;
 pub mod stratum;
+pub mod upstream;
 pub mod wire;
 pub mod work;
 

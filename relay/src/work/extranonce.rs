@@ -11,7 +11,10 @@
 //! The core gives each shard a byte, each shard leases each connected edge a prefix, and the edge
 //! gives each miner connection a slot under its lease. The miner fills `extranonce2` itself.
 //! In proxy mining the upstream pool's own extranonce1 comes first and everything of ours is
-//! carved out of the extranonce2 space the upstream leaves.
+//! carved out of the extranonce2 space the upstream leaves ([`UpstreamCarve`]). The upstream's
+//! extranonce1 (and any spare bytes) are folded into the coinb1 of the jobs we hand on, not into
+//! the extranonce1 our miners see: when the upstream changes it (`mining.set_extranonce`, a
+//! failover to another pool) only the jobs change, and no miner has to reconnect.
 
 use std::fmt;
 
@@ -33,7 +36,7 @@ pub enum ExtranonceError {
     NotHex(String),
     #[error(
         "extranonce space too small: upstream extranonce2_size is {available} bytes, Quarry needs {needed} \
-         ({prefix} bytes of shard/edge/miner prefix plus at least {min_miner} bytes of miner extranonce2)"
+         ({prefix} bytes of shard/edge/miner prefix plus {min_miner} bytes of miner extranonce2)"
     )]
     NoRoom {
         available: usize,
@@ -167,12 +170,44 @@ impl fmt::Display for Extranonce {
 /// 256 shards × 256 edges per shard × 65,536 connections per edge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExtranonceLayout {
-    /// Upstream pool's extranonce1 in proxy mining, else empty.
-    pub upstream_prefix: Extranonce,
     pub shard_len: usize,
     pub lease_len: usize,
     pub slot_len: usize,
     pub extranonce2_len: usize,
+}
+
+/// Where Quarry's extranonce space sits inside an upstream pool's, in proxy mining.
+///
+/// The upstream builds its coinbase as `coinb1 ‖ upstream extranonce1 ‖ upstream extranonce2 ‖
+/// coinb2`. Ours is `coinb1' ‖ miner extranonce1 ‖ miner extranonce2 ‖ coinb2` with
+/// `coinb1' = coinb1 ‖ upstream extranonce1 ‖ pad` (pad: zero bytes the upstream's extranonce2
+/// has beyond what we need), so both are the same bytes when the upstream extranonce2 we submit
+/// is `pad ‖ miner extranonce1 ‖ miner extranonce2`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UpstreamCarve {
+    pub upstream_extranonce1: Extranonce,
+    /// Zero bytes between the upstream's extranonce1 and our miners' extranonce1.
+    pub pad: usize,
+}
+
+impl UpstreamCarve {
+    /// What goes after the upstream's coinb1 in the jobs we hand on.
+    pub fn coinb1_suffix(&self) -> Vec<u8> {
+        let mut v = self.upstream_extranonce1.as_bytes().to_vec();
+        v.resize(v.len() + self.pad, 0);
+        v
+    }
+
+    /// The extranonce2 to submit upstream for a share of one of our miners.
+    pub fn upstream_extranonce2(
+        &self,
+        miner_extranonce1: &Extranonce,
+        miner_extranonce2: &Extranonce,
+    ) -> Result<Extranonce, ExtranonceError> {
+        Extranonce::from_slice(&[0u8; MAX_EXTRANONCE_LEN][..self.pad])?
+            .concat(miner_extranonce1)?
+            .concat(miner_extranonce2)
+    }
 }
 
 /// Miners need at least this much extranonce2 (2^32 coinbases per job at full rate is plenty
@@ -182,7 +217,6 @@ pub const MIN_MINER_EXTRANONCE2: usize = 2;
 impl Default for ExtranonceLayout {
     fn default() -> Self {
         ExtranonceLayout {
-            upstream_prefix: Extranonce::default(),
             shard_len: 1,
             lease_len: 1,
             slot_len: 2,
@@ -192,37 +226,33 @@ impl Default for ExtranonceLayout {
 }
 
 impl ExtranonceLayout {
-    /// The layout under an upstream pool that gave us `upstream_extranonce1` and leaves
-    /// `upstream_extranonce2_size` bytes: our prefix comes out of the upstream's extranonce2.
-    pub fn under_upstream(
+    /// Fits this layout under an upstream pool that gave us `upstream_extranonce1` and leaves
+    /// `upstream_extranonce2_size` bytes: all of our extranonce space (prefix and the miners'
+    /// extranonce2) must fit in the upstream's extranonce2; spare bytes become zero padding.
+    pub fn carve_under(
+        &self,
         upstream_extranonce1: Extranonce,
         upstream_extranonce2_size: usize,
-        shard_len: usize,
-        lease_len: usize,
-        slot_len: usize,
-    ) -> Result<Self, ExtranonceError> {
-        let prefix = shard_len + lease_len + slot_len;
-        let needed = prefix + MIN_MINER_EXTRANONCE2;
+    ) -> Result<UpstreamCarve, ExtranonceError> {
+        let prefix = self.extranonce1_len();
+        let needed = self.total_len();
         if upstream_extranonce2_size < needed {
             return Err(ExtranonceError::NoRoom {
                 available: upstream_extranonce2_size,
                 needed,
                 prefix,
-                min_miner: MIN_MINER_EXTRANONCE2,
+                min_miner: self.extranonce2_len,
             });
         }
-        Ok(ExtranonceLayout {
-            upstream_prefix: upstream_extranonce1,
-            shard_len,
-            lease_len,
-            slot_len,
-            extranonce2_len: upstream_extranonce2_size - prefix,
+        Ok(UpstreamCarve {
+            upstream_extranonce1,
+            pad: upstream_extranonce2_size - needed,
         })
     }
 
     /// Length of the extranonce1 a miner sees.
     pub fn extranonce1_len(&self) -> usize {
-        self.upstream_prefix.len() + self.shard_len + self.lease_len + self.slot_len
+        self.shard_len + self.lease_len + self.slot_len
     }
 
     /// Total bytes between coinb1 and coinb2.
@@ -232,8 +262,7 @@ impl ExtranonceLayout {
 
     /// The prefix the core leases an edge: upstream prefix ‖ shard ‖ lease.
     pub fn edge_prefix(&self, shard: u64, lease: u64) -> Result<Extranonce, ExtranonceError> {
-        self.upstream_prefix
-            .concat(&Extranonce::from_counter(shard, self.shard_len)?)?
+        Extranonce::from_counter(shard, self.shard_len)?
             .concat(&Extranonce::from_counter(lease, self.lease_len)?)
     }
 
@@ -312,22 +341,25 @@ mod tests {
     }
 
     #[test]
-    fn upstream_with_too_little_room_is_refused_naming_sizes() {
-        let err =
-            ExtranonceLayout::under_upstream(Extranonce::from_hex("aabbccdd").unwrap(), 4, 1, 1, 2)
-                .unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("extranonce2_size is 4 bytes"), "{msg}");
-        assert!(msg.contains("needs 6"), "{msg}");
-        let ok =
-            ExtranonceLayout::under_upstream(Extranonce::from_hex("aabbccdd").unwrap(), 8, 1, 1, 2)
-                .unwrap();
-        assert_eq!(ok.extranonce1_len(), 8);
-        assert_eq!(ok.extranonce2_len, 4);
-        let e1 = ok
-            .miner_extranonce1(&ok.edge_prefix(1, 2).unwrap(), 3)
+    fn carving_under_an_upstream_names_the_sizes_and_rebuilds_the_same_coinbase() {
+        let layout = ExtranonceLayout::default();
+        let up_e1 = Extranonce::from_hex("aabbccdd").unwrap();
+        let msg = layout.carve_under(up_e1, 6).unwrap_err().to_string();
+        assert!(msg.contains("extranonce2_size is 6 bytes"), "{msg}");
+        assert!(msg.contains("needs 8"), "{msg}");
+        let carve = layout.carve_under(up_e1, 10).unwrap();
+        assert_eq!(carve.pad, 2);
+        assert_eq!(hex::encode(carve.coinb1_suffix()), "aabbccdd0000");
+        let e1 = layout
+            .miner_extranonce1(&layout.edge_prefix(1, 2).unwrap(), 3)
             .unwrap();
-        assert_eq!(e1.to_hex(), "aabbccdd01020003");
+        let e2 = Extranonce::from_hex("01020304").unwrap();
+        let up_e2 = carve.upstream_extranonce2(&e1, &e2).unwrap();
+        assert_eq!(up_e2.to_hex(), "00000102000301020304");
+        // coinb1 ‖ up_e1 ‖ up_e2 == coinb1' ‖ e1 ‖ e2, byte for byte.
+        let theirs = [up_e1.as_bytes(), up_e2.as_bytes()].concat();
+        let ours = [&carve.coinb1_suffix()[..], e1.as_bytes(), e2.as_bytes()].concat();
+        assert_eq!(theirs, ours);
     }
 
     #[test]

@@ -11,7 +11,9 @@ pub mod header;
 pub mod job;
 pub mod target;
 
-pub use extranonce::{Extranonce, ExtranonceError, ExtranonceLayout, MAX_EXTRANONCE_LEN};
+pub use extranonce::{
+    Extranonce, ExtranonceError, ExtranonceLayout, UpstreamCarve, MAX_EXTRANONCE_LEN,
+};
 pub use header::{merkle_root, BlockHeader, VersionMask, VersionRollingError};
 pub use job::{Job, JobId, PrevHash, ShareWork};
 pub use target::{hash_difficulty, CompactTarget, Difficulty, Target, TargetError};

@@ -71,6 +71,9 @@ pub struct PoolJob {
     pub network_target: Target,
     /// In proxy mining, the upstream pool's share target: shares meeting it are forwarded.
     pub upstream_target: Option<Target>,
+    /// In proxy mining, the version-rolling mask the upstream allows: miners must not roll
+    /// outside it (`None`: no constraint beyond the Stratum server's own mask).
+    pub version_mask: Option<relay::work::VersionMask>,
     pub height: u64,
     pub created_at: Instant,
     pub reason: JobReason,
@@ -191,6 +194,7 @@ impl JobPlanner {
             template: Some(Arc::new(template)),
             network_target,
             upstream_target: None,
+            version_mask: None,
             created_at: now,
             reason,
         });

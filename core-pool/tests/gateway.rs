@@ -81,6 +81,7 @@ impl TestJobs {
             job,
             template: Some(template()),
             upstream_target: None,
+            version_mask: None,
             height: 1,
             created_at: Instant::now(),
             reason: JobReason::First,

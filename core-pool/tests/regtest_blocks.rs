@@ -264,7 +264,9 @@ fn pool_mines_the_last_pre_mweb_block_and_the_activation_block() {
 
     // The activation block needs a peg-in; litecoind takes it into the mempool only now.
     net.peg_in(1.0).expect("peg-in");
-    let job = job_where(&jobs, MWEB_ACTIVATION_HEIGHT, |j| j.template.as_ref().is_some_and(|t| t.has_hogex()));
+    let job = job_where(&jobs, MWEB_ACTIVATION_HEIGHT, |j| {
+        j.template.as_ref().is_some_and(|t| t.has_hogex())
+    });
     assert!(job.template.as_ref().unwrap().mweb.is_some());
     let block = mine_submit_and_check(&net, &manager, &rpc, &job, 1);
     assert!(has_mweb(&block), "activation block carries no MWEB data");

@@ -147,6 +147,7 @@ impl SyntheticJobs {
             job,
             template: Some(self.template.clone()),
             upstream_target: None,
+            version_mask: None,
             height: u64::from(height),
             created_at: Instant::now(),
             reason: if seq == 1 {

@@ -537,6 +537,7 @@ impl Manager {
             template: None,
             network_target,
             upstream_target: Some(target),
+            version_mask: Some(ready.version_mask.unwrap_or(VersionMask::NONE)),
             height: 0,
             created_at: now,
             reason: if clean {

@@ -13,6 +13,7 @@ pub mod hostile;
 pub mod impair;
 pub mod miner;
 pub mod process;
+pub mod proxy_rig;
 pub mod scenario;
 pub mod stack;
 mod stack_cmd;

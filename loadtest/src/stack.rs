@@ -27,6 +27,9 @@ pub struct StackOptions {
     pub edge_uplink_via: Option<SocketAddr>,
     /// Fixed gateway port (0 = pick a free one); needed when a proxy must know it in advance.
     pub gateway_port: u16,
+    /// Bytes of extranonce2 the core's miners roll (`[pool] extranonce2_size`); 8 lets a Quarry
+    /// in proxy mode mine into this core.
+    pub extranonce2_size: usize,
 }
 
 impl StackOptions {
@@ -39,6 +42,7 @@ impl StackOptions {
             edge: false,
             edge_uplink_via: None,
             gateway_port: 0,
+            extranonce2_size: 4,
         }
     }
 }
@@ -214,6 +218,7 @@ fn core_config_text(
 algorithm = "scrypt"
 payout_address = "{payout}"
 pool_tag = "{tag}"
+extranonce2_size = {e2}
 
 [[daemons]]
 url = "{url}"
@@ -243,10 +248,11 @@ listen = "{metrics}"
         password = regtest.rpc_password(),
         start = opts.start_difficulty,
         min = opts.min_difficulty,
+        e2 = opts.extranonce2_size,
     )
 }
 
-fn spawn_core(dir: &Path, config: &Path) -> anyhow::Result<ManagedProcess> {
+pub(crate) fn spawn_core(dir: &Path, config: &Path) -> anyhow::Result<ManagedProcess> {
     let bin = find_binary("quarry-core")?;
     let config_arg = config.to_string_lossy().to_string();
     // Appends, so a restarted core's log follows the killed one's.

@@ -590,6 +590,60 @@ password = "p"
     }
 
     #[test]
+    fn proxy_example_config_in_deploy_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/core-proxy.example.toml");
+        let c = CoreConfig::load(&path).unwrap();
+        let p = c.proxy.expect("the example is in proxy mode");
+        assert!(c.daemons.is_empty());
+        assert_eq!(p.upstreams.len(), 2);
+        assert_eq!(p.upstreams[0].name, "main");
+        assert!(p.upstreams[1].url.tls);
+        assert_eq!(p.upstreams[0].weight, 70);
+        assert_eq!(p.mode, SelectionMode::Failover);
+        assert_eq!(p.failback, Duration::from_secs(30));
+        assert_eq!(p.layout.total_len(), 8);
+    }
+
+    const PROXY: &str = r#"
+[pool]
+[proxy]
+[[proxy.upstreams]]
+url = "stratum+tcp://127.0.0.1:3333"
+user = "farm.q"
+"#;
+
+    #[test]
+    fn proxy_section_errors_name_their_key() {
+        let c = load(PROXY).unwrap();
+        assert_eq!(c.proxy.unwrap().upstreams[0].name, "127.0.0.1:3333");
+        let e = load(&PROXY.replace("stratum+tcp://127.0.0.1:3333", "http://x:1"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy.upstreams[0].url") && e.contains("stratum+tcp://"), "{e}");
+        let e = load(&PROXY.replace("[proxy]", "[proxy]\nmode = \"random\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy.mode") && e.contains("random"), "{e}");
+        let e = load(&PROXY.replace("user = \"farm.q\"", "user = \"\""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy.upstreams[0].user"), "{e}");
+        let e = load(&format!("{PROXY}tls_ca = \"/etc/hosts\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy.upstreams[0].tls_ca") && e.contains("stratum+ssl"), "{e}");
+        let e = load("[pool]\n[proxy]\n").unwrap_err().to_string();
+        assert!(e.contains("proxy.upstreams"), "{e}");
+        let both = format!("{OK}\n[proxy]\n[[proxy.upstreams]]\nurl = \"stratum+tcp://h:1\"\nuser = \"u\"\n");
+        let e = load(&both).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let e = load(&PROXY.replace("[pool]", "[pool]\nextranonce2_size = 12"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pool.extranonce2_size"), "{e}");
+    }
+
+    #[test]
     fn gateway_section_is_optional_and_checked() {
         assert!(load(OK).unwrap().gateway.is_none());
         let gw = "\n[gateway]\ncert = \"c.crt\"\nkey = \"c.key\"\n\

@@ -619,7 +619,10 @@ user = "farm.q"
         let e = load(&PROXY.replace("stratum+tcp://127.0.0.1:3333", "http://x:1"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("proxy.upstreams[0].url") && e.contains("stratum+tcp://"), "{e}");
+        assert!(
+            e.contains("proxy.upstreams[0].url") && e.contains("stratum+tcp://"),
+            "{e}"
+        );
         let e = load(&PROXY.replace("[proxy]", "[proxy]\nmode = \"random\""))
             .unwrap_err()
             .to_string();
@@ -631,10 +634,15 @@ user = "farm.q"
         let e = load(&format!("{PROXY}tls_ca = \"/etc/hosts\"\n"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("proxy.upstreams[0].tls_ca") && e.contains("stratum+ssl"), "{e}");
+        assert!(
+            e.contains("proxy.upstreams[0].tls_ca") && e.contains("stratum+ssl"),
+            "{e}"
+        );
         let e = load("[pool]\n[proxy]\n").unwrap_err().to_string();
         assert!(e.contains("proxy.upstreams"), "{e}");
-        let both = format!("{OK}\n[proxy]\n[[proxy.upstreams]]\nurl = \"stratum+tcp://h:1\"\nuser = \"u\"\n");
+        let both = format!(
+            "{OK}\n[proxy]\n[[proxy.upstreams]]\nurl = \"stratum+tcp://h:1\"\nuser = \"u\"\n"
+        );
         let e = load(&both).unwrap_err().to_string();
         assert!(e.contains("not both"), "{e}");
         let e = load(&PROXY.replace("[pool]", "[pool]\nextranonce2_size = 12"))

@@ -42,6 +42,14 @@ pub(super) fn register_metrics() {
         "upstream verdicts on forwarded shares, by result"
     );
     metrics::describe_counter!(
+        "quarry_core_upstream_worker_shares_total",
+        "upstream verdicts on forwarded shares, by worker and result"
+    );
+    metrics::describe_counter!(
+        "quarry_core_upstream_rejects_total",
+        "upstream rejects of forwarded shares, by the upstream's error code"
+    );
+    metrics::describe_counter!(
         "quarry_core_upstream_not_forwarded_total",
         "shares flagged for the upstream that were not sent, by reason"
     );
@@ -681,6 +689,14 @@ impl Manager {
         };
         metrics::counter!("quarry_core_upstream_shares_total", "upstream" => name.clone(), "result" => result)
             .increment(1);
+        metrics::counter!("quarry_core_upstream_worker_shares_total",
+            "upstream" => name.clone(), "worker" => t.worker.to_string(), "result" => result)
+        .increment(1);
+        if let ShareVerdict::Rejected(e) = &verdict {
+            metrics::counter!("quarry_core_upstream_rejects_total",
+                "upstream" => name.clone(), "code" => e.code.0.to_string())
+            .increment(1);
+        }
         if latency > Duration::ZERO {
             metrics::histogram!("quarry_core_upstream_answer_seconds")
                 .record(latency.as_secs_f64());

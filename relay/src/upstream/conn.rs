@@ -419,3 +419,202 @@ fn flush(transport: &mut Transport, sock: &mut TcpStream, out: &mut Vec<u8>) -> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The shell over real loopback sockets, plain and TLS, against a scripted pool peer.
+    use super::*;
+    use crate::quic::certs;
+    use crate::upstream::session::ShareVerdict;
+    use crate::work::{Extranonce, JobId};
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+
+    /// A pool that answers the handshake, sends a difficulty and a job, then accepts one share.
+    fn serve(stream: impl Read + Write) -> Vec<String> {
+        let mut reader = BufReader::new(stream);
+        let mut seen = Vec::new();
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+            let id = v["id"].clone();
+            let method = v["method"].as_str().unwrap_or("").to_string();
+            seen.push(method.clone());
+            let answer = match method.as_str() {
+                "mining.configure" => serde_json::json!({"id": id, "error": null,
+                    "result": {"version-rolling": true, "version-rolling.mask": "1fffe000"}}),
+                "mining.subscribe" => serde_json::json!({"id": id, "error": null,
+                    "result": [[["mining.notify", "s1"]], "0badf00d", 8]}),
+                "mining.authorize" => serde_json::json!({"id": id, "error": null, "result": true}),
+                "mining.submit" => serde_json::json!({"id": id, "error": null, "result": true}),
+                _ => serde_json::json!({"id": id, "error": [20, "unknown", null], "result": null}),
+            };
+            let w = reader.get_mut();
+            w.write_all(format!("{answer}\n").as_bytes()).unwrap();
+            if method == "mining.authorize" {
+                w.write_all(b"{\"id\":null,\"method\":\"mining.set_difficulty\",\"params\":[2]}\n")
+                    .unwrap();
+                w.write_all(
+                    concat!(
+                        r#"{"id":null,"method":"mining.notify","params":["j1","#,
+                        r#""0000000000000000000000000000000000000000000000000000000000000000","#,
+                        r#""01","02",[],"20000000","1d00ffff","65000000",true]}"#,
+                        "\n"
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+            }
+            w.flush().unwrap();
+            if method == "mining.submit" {
+                break;
+            }
+            line.clear();
+        }
+        seen
+    }
+
+    fn drive(opts: ConnectOptions) -> Vec<UpstreamEvent> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let conn = UpstreamConn::spawn(opts, 7, tx).unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (tag, ev) = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("events before the deadline");
+            assert_eq!(tag, 7);
+            match ev {
+                ConnEvent::Connected { .. } => {}
+                ConnEvent::Session(e) => {
+                    if matches!(e, UpstreamEvent::Job(_)) {
+                        assert!(conn.submit(
+                            99,
+                            UpstreamShare {
+                                job_id: JobId::new("j1"),
+                                extranonce2: Extranonce::from_hex("0000000000000001").unwrap(),
+                                ntime: 0x6500_0000,
+                                nonce: 1,
+                                version_bits: None,
+                            }
+                        ));
+                    }
+                    let done = matches!(e, UpstreamEvent::ShareResult { .. });
+                    got.push(e);
+                    if done {
+                        break;
+                    }
+                }
+                ConnEvent::Closed { reason } => panic!("closed early: {reason}; got {got:?}"),
+            }
+        }
+        conn.close();
+        got
+    }
+
+    fn check(events: &[UpstreamEvent]) {
+        assert!(matches!(
+            events[0],
+            UpstreamEvent::Ready {
+                extranonce2_size: 8,
+                ..
+            }
+        ));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, UpstreamEvent::Difficulty(d) if d.value() == 2.0)));
+        assert!(matches!(
+            events.last(),
+            Some(UpstreamEvent::ShareResult {
+                ticket: 99,
+                verdict: ShareVerdict::Accepted,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn plain_tcp_handshake_job_and_share() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || serve(listener.accept().unwrap().0));
+        let url: PoolUrl = format!("stratum+tcp://127.0.0.1:{port}").parse().unwrap();
+        let events = drive(ConnectOptions::new(url, UpstreamConfig::new("farm.q", "x")));
+        check(&events);
+        let seen = server.join().unwrap();
+        assert_eq!(seen[..2], ["mining.configure", "mining.subscribe"]);
+        assert!(seen.contains(&"mining.submit".to_string()));
+    }
+
+    #[test]
+    fn tls_handshake_job_and_share_with_the_pool_ca_trusted() {
+        let ca = certs::generate_ca("test pool CA").unwrap();
+        let cert = certs::issue_core_cert(&ca, &["localhost".into()]).unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(cert.cert_chain().unwrap(), cert.private_key().unwrap())
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let sock = listener.accept().unwrap().0;
+            let conn = rustls::ServerConnection::new(Arc::new(tls)).unwrap();
+            serve(rustls::StreamOwned::new(conn, sock))
+        });
+        let dir = std::env::temp_dir().join(format!("quarry-up-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, &ca.cert_pem).unwrap();
+        let url: PoolUrl = format!("stratum+ssl://localhost:{port}").parse().unwrap();
+        let mut opts = ConnectOptions::new(url, UpstreamConfig::new("farm.q", "x"));
+        opts.tls_roots = Some(Arc::new(load_tls_roots(Some(&ca_file)).unwrap()));
+        check(&drive(opts));
+        assert!(server
+            .join()
+            .unwrap()
+            .contains(&"mining.submit".to_string()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn tls_to_an_untrusted_pool_fails_with_a_reason() {
+        let ca = certs::generate_ca("pool CA").unwrap();
+        let cert = certs::issue_core_cert(&ca, &["localhost".into()]).unwrap();
+        let other = certs::generate_ca("someone else").unwrap();
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(cert.cert_chain().unwrap(), cert.private_key().unwrap())
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let sock = listener.accept().unwrap().0;
+            let conn = rustls::ServerConnection::new(Arc::new(tls)).unwrap();
+            let _ = serve(rustls::StreamOwned::new(conn, sock));
+        });
+        let mut roots = RootCertStore::empty();
+        roots.add(other.cert_der().unwrap()).unwrap();
+        let url: PoolUrl = format!("stratum+ssl://localhost:{port}").parse().unwrap();
+        let mut opts = ConnectOptions::new(url, UpstreamConfig::new("farm.q", "x"));
+        opts.tls_roots = Some(Arc::new(roots));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let _conn = UpstreamConn::spawn(opts, 1, tx).unwrap();
+        let reason = loop {
+            match rx.recv_timeout(Duration::from_secs(20)).unwrap().1 {
+                ConnEvent::Closed { reason } => break reason,
+                ConnEvent::Session(UpstreamEvent::Ready { .. }) => panic!("trusted a stranger"),
+                _ => {}
+            }
+        };
+        assert!(reason.contains("TLS"), "{reason}");
+        let _ = server.join();
+    }
+}

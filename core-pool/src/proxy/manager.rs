@@ -89,6 +89,8 @@ struct Slot {
     difficulty: Option<Difficulty>,
     /// The upstream's newest job on the current generation.
     last_job: Option<Job>,
+    /// The next job must be published clean (the extranonce changed).
+    force_clean: bool,
     backoff: Backoff,
     retry_at: Option<Instant>,
     alarm: RejectAlarm,
@@ -145,6 +147,7 @@ pub(super) fn run(
             ready: None,
             difficulty: None,
             last_job: None,
+            force_clean: false,
             backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
             retry_at: Some(now),
             alarm: RejectAlarm::new(cfg.reject_alarm_after, Duration::from_secs(600)),
@@ -354,6 +357,10 @@ impl Manager {
                     st.upstreams[i].connected = true;
                     st.upstreams[i].connections += 1;
                 });
+                // Pools often send their first job before answering authorize.
+                if self.slots[i].last_job.is_some() {
+                    self.on_job(i, now);
+                }
             }
             UpstreamEvent::Job(job) => {
                 let s = &mut self.slots[i];
@@ -363,13 +370,7 @@ impl Manager {
                     return;
                 }
                 s.last_job = Some(job);
-                self.stats(|st| st.upstreams[i].jobs += 1);
-                self.selector.set_up(i, now);
-                let was = self.active;
-                self.reselect(now);
-                if was == Some(i) && self.active == Some(i) {
-                    self.publish(i, false, now);
-                }
+                self.on_job(i, now);
             }
             UpstreamEvent::Difficulty(d) => {
                 let name = self.name(i).to_string();
@@ -385,12 +386,13 @@ impl Manager {
             } => {
                 info!(upstream = %self.name(i), extranonce1 = %extranonce1, extranonce2_size,
                       "upstream changed our extranonce (mining.set_extranonce)");
-                if self.set_extranonce(i, extranonce1, extranonce2_size, now)
-                    && self.active == Some(i)
-                    && self.slots[i].last_job.is_some()
-                {
-                    // Old jobs carry the old extranonce1: miners must move on at once.
-                    self.publish(i, true, now);
+                if self.set_extranonce(i, extranonce1, extranonce2_size, now) {
+                    // Whether the upstream judges older jobs with the old or the new extranonce1
+                    // differs between pools: use none of them. Shares on our jobs of the old one
+                    // are not forwarded (generation moved); the upstream's next job, which pools
+                    // send right after set_extranonce, is published clean.
+                    self.slots[i].last_job = None;
+                    self.slots[i].force_clean = true;
                 }
             }
             UpstreamEvent::VersionMask(m) => {
@@ -426,6 +428,18 @@ impl Manager {
             UpstreamEvent::Ignored { reason } => {
                 debug!(upstream = %self.name(i), %reason, "upstream line ignored")
             }
+        }
+    }
+
+    /// A job of upstream `i` arrived (or became usable): publish it if `i` has the work.
+    fn on_job(&mut self, i: usize, now: Instant) {
+        self.stats(|st| st.upstreams[i].jobs += 1);
+        self.selector.set_up(i, now);
+        let was = self.active;
+        self.reselect(now);
+        if was == Some(i) && self.active == Some(i) {
+            let clean = std::mem::take(&mut self.slots[i].force_clean);
+            self.publish(i, clean, now);
         }
     }
 

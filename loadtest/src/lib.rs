@@ -15,6 +15,7 @@ pub mod miner;
 pub mod process;
 pub mod proxy_rig;
 pub mod scenario;
+pub mod sim_pool;
 pub mod stack;
 mod stack_cmd;
 pub mod synthetic_core;

@@ -1,0 +1,239 @@
+//! Issue 6 against the simulated upstream pool (`loadtest::sim_pool`, which verifies every share
+//! it receives for real): a `quarry-core` in proxy mode as a child process, sha256d miners
+//! hashing for real against its Stratum port, one or two simulated upstreams in this process.
+//!
+//! Needs the workspace binaries (`cargo build --workspace --bins`).
+
+use loadtest::miner::{self, MinerStats, ProfileChoice, RunConfig, StratumUrl};
+use loadtest::proxy_rig::{ProxyCore, ProxyCoreOptions, UpstreamEntry};
+use loadtest::sim_pool::{SimPool, SimPoolConfig, SimPoolHandle};
+use loadtest::stack::{fresh_dir, remove_dir};
+use relay::work::Difficulty;
+use relay::PowAlgorithm;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The proxy's miners' difficulty: ~4 sha256d hashes a share, so miners submit often.
+const MINER_DIFFICULTY: f64 = 1.0 / (1u64 << 30) as f64;
+/// The upstream's: 64 times harder, so one share in ~64 is forwarded.
+const UPSTREAM_DIFFICULTY: f64 = 1.0 / (1u64 << 24) as f64;
+
+fn sim_pool(difficulty: f64) -> SimPoolHandle {
+    let mut cfg = SimPoolConfig::new("127.0.0.1:0".parse().unwrap());
+    cfg.algorithm = PowAlgorithm::Sha256d;
+    cfg.difficulty = Difficulty::new(difficulty).unwrap();
+    cfg.extranonce2_size = 8;
+    cfg.job_interval = Duration::from_secs(5);
+    SimPool::start(cfg).expect("sim pool starts")
+}
+
+fn sim_pool_at(addr: SocketAddr, difficulty: f64) -> SimPoolHandle {
+    let mut cfg = SimPoolConfig::new(addr);
+    cfg.algorithm = PowAlgorithm::Sha256d;
+    cfg.difficulty = Difficulty::new(difficulty).unwrap();
+    cfg.extranonce2_size = 8;
+    cfg.job_interval = Duration::from_secs(5);
+    SimPool::start(cfg).expect("sim pool restarts on its port")
+}
+
+fn proxy(dir: &std::path::Path, upstreams: Vec<UpstreamEntry>, mode: &str) -> ProxyCore {
+    let mut o = ProxyCoreOptions::new(dir.join("proxy"), upstreams);
+    o.algorithm = "sha256d".into();
+    o.mode = mode.into();
+    o.failback_secs = 3.0;
+    o.split_period_secs = 1.0;
+    o.start_difficulty = MINER_DIFFICULTY;
+    o.fixed_difficulty = true;
+    ProxyCore::start(&o).expect("proxy core starts")
+}
+
+struct Miners {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<MinerStats>,
+}
+
+fn miners(proxy: &ProxyCore, count: usize, hashrate: f64) -> Miners {
+    let mut cfg = RunConfig::new(
+        StratumUrl {
+            host: "127.0.0.1".into(),
+            port: proxy.stratum.port(),
+        },
+        count,
+        PowAlgorithm::Sha256d,
+    );
+    cfg.profile = ProfileChoice::Mixed;
+    cfg.hashrate = hashrate;
+    cfg.user = "farm.rig".into();
+    cfg.duration = None;
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || miner::run(&cfg, stop, |_| {}).expect("miners run"))
+    };
+    Miners { stop, thread }
+}
+
+impl Miners {
+    fn finish(self) -> MinerStats {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().expect("miner thread")
+    }
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn upstream_accepts_match_hashrate_and_difficulty_and_nothing_valid_is_rejected() {
+    let dir = fresh_dir("quarry-it-proxy-accepts");
+    let pool = sim_pool(UPSTREAM_DIFFICULTY);
+    let proxy = proxy(
+        &dir,
+        vec![UpstreamEntry::tcp("sim", pool.local_addr(), "farm.proxy")],
+        "failover",
+    );
+    wait_until("the upstream connection", Duration::from_secs(20), || {
+        pool.stats().connected >= 1
+    });
+    let m = miners(&proxy, 4, 2_000.0);
+    std::thread::sleep(Duration::from_secs(20));
+    let stats = m.finish();
+    // Answers of the last forwarded shares.
+    std::thread::sleep(Duration::from_secs(1));
+    let up = pool.stats();
+    // Each hash meets the upstream difficulty D with probability 1 / (2^32 · D).
+    let expected = stats.shares.hashes as f64 / (4_294_967_296.0 * UPSTREAM_DIFFICULTY);
+    let sigma = expected.sqrt();
+    let forwarded = proxy
+        .metric("quarry_core_upstream_shares_forwarded_total")
+        .unwrap();
+    let below = proxy
+        .metric_with(
+            "quarry_core_upstream_not_forwarded_total",
+            "reason=\"below_target\"",
+        )
+        .unwrap();
+    eprintln!(
+        "hashes {} expected upstream accepts {expected:.1} ± {sigma:.1}; upstream {up:?}; \
+         forwarded {forwarded}, below target {below}; miners {stats}",
+        stats.shares.hashes
+    );
+    assert!(expected > 100.0, "too little work to judge: {expected}");
+    assert!(
+        (up.accepted as f64 - expected).abs() <= 5.0 * sigma + 0.05 * expected,
+        "upstream accepted {} shares, the hashrate predicts {expected:.0} ± {sigma:.0}",
+        up.accepted
+    );
+    assert!(up.rejected.is_empty(), "upstream rejected valid work: {:?}", up.rejected);
+    assert_eq!(stats.shares.unexpected_rejects, 0, "{stats}");
+    // Every valid share is still credited locally.
+    let credited = proxy.metric("quarry_core_shares_credited_total").unwrap();
+    assert_eq!(credited as u64, stats.shares.accepted, "{stats}");
+    let per_worker = proxy
+        .metric_with(
+            "quarry_core_upstream_worker_shares_total",
+            "result=\"accepted\"",
+        )
+        .unwrap();
+    assert_eq!(per_worker as u64, up.accepted);
+    proxy.stop();
+    pool.shutdown();
+    remove_dir(&dir);
+}
+
+#[test]
+fn a_killed_upstream_fails_over_at_once_and_work_returns_after_failback() {
+    let dir = fresh_dir("quarry-it-proxy-failover");
+    let primary = sim_pool(UPSTREAM_DIFFICULTY);
+    let primary_addr = primary.local_addr();
+    let backup = sim_pool(UPSTREAM_DIFFICULTY);
+    let proxy = proxy(
+        &dir,
+        vec![
+            UpstreamEntry::tcp("primary", primary_addr, "farm.proxy"),
+            UpstreamEntry::tcp("backup", backup.local_addr(), "farm.proxy"),
+        ],
+        "failover",
+    );
+    let m = miners(&proxy, 4, 2_000.0);
+    wait_until("shares at the primary", Duration::from_secs(30), || {
+        primary.stats().accepted >= 5
+    });
+    assert_eq!(backup.stats().accepted, 0, "all work goes to the primary");
+    let before = backup.stats().accepted;
+    primary.shutdown();
+    let failover = wait_until("shares at the backup", Duration::from_secs(15), || {
+        backup.stats().accepted > before
+    });
+    eprintln!("failover: first share accepted by the backup {failover:?} after the kill");
+    // The primary comes back on its port; after failback_secs (3 s) work returns to it.
+    let primary = sim_pool_at(primary_addr, UPSTREAM_DIFFICULTY);
+    let back = Instant::now();
+    let failback = wait_until("shares at the returned primary", Duration::from_secs(30), || {
+        primary.stats().accepted >= 3
+    });
+    eprintln!("failback: first share at the returned primary {failback:?} after its restart");
+    assert!(back.elapsed() >= Duration::from_secs(3), "failback before the hold time");
+    let at_backup = backup.stats().accepted;
+    std::thread::sleep(Duration::from_secs(3));
+    // Only stragglers (answers in flight) may still reach the backup.
+    assert!(
+        backup.stats().accepted <= at_backup + 2,
+        "the backup still gets work after failback"
+    );
+    let stats = m.finish();
+    assert_eq!(stats.disconnects, 0, "no miner was disconnected: {stats}");
+    assert_eq!(stats.shares.unexpected_rejects, 0, "{stats}");
+    assert!(backup.stats().rejected.is_empty(), "{:?}", backup.stats().rejected);
+    assert!(primary.stats().rejected.is_empty(), "{:?}", primary.stats().rejected);
+    let failovers = proxy.metric("quarry_core_upstream_failovers_total").unwrap();
+    assert!(failovers >= 2.0, "failover and failback counted: {failovers}");
+    proxy.stop();
+    backup.shutdown();
+    primary.shutdown();
+    remove_dir(&dir);
+}
+
+#[test]
+fn a_70_30_split_sends_70_percent_of_the_work_to_the_first_upstream() {
+    let dir = fresh_dir("quarry-it-proxy-split");
+    let a = sim_pool(UPSTREAM_DIFFICULTY);
+    let b = sim_pool(UPSTREAM_DIFFICULTY);
+    let mut ua = UpstreamEntry::tcp("a", a.local_addr(), "farm.proxy");
+    ua.weight = 70;
+    let mut ub = UpstreamEntry::tcp("b", b.local_addr(), "farm.proxy");
+    ub.weight = 30;
+    let proxy = proxy(&dir, vec![ua, ub], "split");
+    wait_until("both upstreams", Duration::from_secs(20), || {
+        a.stats().connected >= 1 && b.stats().connected >= 1
+    });
+    let m = miners(&proxy, 4, 2_000.0);
+    std::thread::sleep(Duration::from_secs(30));
+    let stats = m.finish();
+    std::thread::sleep(Duration::from_secs(1));
+    let (sa, sb) = (a.stats(), b.stats());
+    let share_a = sa.accepted_difficulty / (sa.accepted_difficulty + sb.accepted_difficulty);
+    eprintln!(
+        "split: a {} shares ({:.6} difficulty), b {} ({:.6}); a's share {share_a:.3}",
+        sa.accepted, sa.accepted_difficulty, sb.accepted, sb.accepted_difficulty
+    );
+    assert!(sa.accepted + sb.accepted >= 200, "too little work: {stats}");
+    assert!(
+        (share_a - 0.70).abs() <= 0.08,
+        "a got {share_a:.3} of the work, configured 0.70"
+    );
+    assert!(sa.rejected.is_empty() && sb.rejected.is_empty());
+    proxy.stop();
+    a.shutdown();
+    b.shutdown();
+    remove_dir(&dir);
+}

@@ -465,7 +465,8 @@ impl Uplink {
                 }
                 self.last_job_at = Some(Instant::now());
                 self.stale_warned = false;
-                let entry = JobEntry::new(j.job, j.upstream_target, Instant::now());
+                let entry = JobEntry::new(j.job, j.upstream_target, Instant::now())
+                    .with_version_mask(j.version_mask);
                 self.server.publish(Arc::new(entry));
             }
             ControlFrame::Ack(a) => {

@@ -330,12 +330,17 @@ mod tests {
         assert_eq!(c.edge_id.as_str(), "farm-1");
         assert_eq!(c.max_batch_shares, 100);
         assert_eq!(c.endpoints[0].server_name, "127.0.0.1");
-        assert!(c.fallback.is_none(), "the example leaves [fallback] commented out");
+        assert!(
+            c.fallback.is_none(),
+            "the example leaves [fallback] commented out"
+        );
     }
 
     /// The example with its `[fallback]` section switched on.
     fn with_fallback(text: &str) -> String {
-        let start = text.find("# [fallback]").expect("example documents [fallback]");
+        let start = text
+            .find("# [fallback]")
+            .expect("example documents [fallback]");
         let (head, tail) = text.split_at(start);
         let tail: String = tail
             .lines()
@@ -352,8 +357,10 @@ mod tests {
     fn the_documented_fallback_section_loads() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("edge.toml");
-        let text = with_fallback(&example_with_pki(dir.path()))
-            .replace("stratum+ssl://backup.example.net:443", "stratum+tcp://127.0.0.1:3334");
+        let text = with_fallback(&example_with_pki(dir.path())).replace(
+            "stratum+ssl://backup.example.net:443",
+            "stratum+tcp://127.0.0.1:3334",
+        );
         let text = text.replace("tls_ca = ", "# tls_ca = ");
         std::fs::write(&path, text).unwrap();
         let c = EdgeConfig::load(&path).unwrap();

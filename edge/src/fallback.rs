@@ -423,10 +423,17 @@ mod tests {
         assert_eq!(f.backup_job(t0 + s(70)), Some(false));
         assert!(f.core_job(t0 + s(71)), "the core's job goes out clean");
         assert!(!f.is_serving());
-        assert_eq!(f.backup_job(t0 + s(72)), None, "backup jobs no longer published");
+        assert_eq!(
+            f.backup_job(t0 + s(72)),
+            None,
+            "backup jobs no longer published"
+        );
         assert_eq!(f.poll_timeout(), Some(t0 + s(71) + LINGER));
         assert_eq!(f.poll(t0 + s(72)), None);
-        assert_eq!(f.poll(t0 + s(71) + LINGER), Some(FallbackAction::Disconnect));
+        assert_eq!(
+            f.poll(t0 + s(71) + LINGER),
+            Some(FallbackAction::Disconnect)
+        );
         assert_eq!(f.poll(t0 + s(500)), None);
         assert!(!f.core_job(t0 + s(501)));
     }
@@ -513,7 +520,10 @@ mod tests {
     #[test]
     fn backup_jobs_get_fb_ids_the_pools_target_and_mask_and_rebuild_the_pools_header() {
         let mut w = ready_work();
-        assert!(w.translate_last(true, Instant::now()).is_none(), "no job yet");
+        assert!(
+            w.translate_last(true, Instant::now()).is_none(),
+            "no job yet"
+        );
         let up = upstream_job("abc", false);
         w.upstream_job(up.clone());
         let entry = w.translate_last(true, Instant::now()).unwrap();
@@ -602,7 +612,10 @@ mod tests {
             .ready(layout(), Extranonce::from_hex("01").unwrap(), 4, None)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("extranonce2_size is 4 bytes") && e.contains("needs 8"), "{e}");
+        assert!(
+            e.contains("extranonce2_size is 4 bytes") && e.contains("needs 8"),
+            "{e}"
+        );
         assert!(!w.is_ready());
     }
 

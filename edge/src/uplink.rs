@@ -850,7 +850,10 @@ impl Uplink {
                     extranonce1,
                     extranonce2_size,
                     version_mask,
-                } => match b.work.ready(layout, extranonce1, extranonce2_size, version_mask) {
+                } => match b
+                    .work
+                    .ready(layout, extranonce1, extranonce2_size, version_mask)
+                {
                     Ok(()) => {
                         b.state.backup_ready();
                         tracing::info!(pool = %url, extranonce1 = %extranonce1, extranonce2_size,
@@ -897,6 +900,11 @@ impl Uplink {
                     let worker = b.tickets.remove(&ticket);
                     let result = match &verdict {
                         ShareVerdict::Accepted => "accepted",
+                        // A share that crossed the pool's new block on the wire: normal.
+                        ShareVerdict::Rejected(e) if relay::upstream::session::is_stale(e) => {
+                            tracing::debug!(pool = %url, worker = ?worker, reason = %e.message, "backup pool: stale share");
+                            "stale"
+                        }
                         ShareVerdict::Rejected(e) => {
                             tracing::warn!(pool = %url, worker = ?worker, code = e.code.0, reason = %e.message, "backup pool rejected a share");
                             "rejected"
@@ -1029,7 +1037,7 @@ fn register_fallback_metrics() {
     );
     metrics::describe_counter!(
         "quarry_edge_fallback_shares_total",
-        "shares on backup-pool jobs: forwarded, below_target, not_forwarded, then the pool's accepted, rejected, timeout, lost"
+        "shares on backup-pool jobs: forwarded, below_target, not_forwarded, then the pool's accepted, stale, rejected, timeout, lost"
     );
     metrics::describe_counter!(
         "quarry_edge_fallback_activations_total",

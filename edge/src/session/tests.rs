@@ -630,7 +630,10 @@ fn an_upstream_mask_as_wide_as_the_grant_sends_no_notification() {
     );
     r.login();
     let j = job_with_mask(2, 2, Some(VersionMask::BIP320));
-    assert_eq!(r.publish(j.clone()), vec![j.notify_line.trim_end().to_string()]);
+    assert_eq!(
+        r.publish(j.clone()),
+        vec![j.notify_line.trim_end().to_string()]
+    );
 }
 
 #[test]
@@ -639,7 +642,10 @@ fn a_miner_rolling_without_configure_is_held_to_the_upstream_mask_without_a_noti
     r.login();
     let j = job_with_mask(2, 2, Some(VersionMask(0x0000_e000)));
     // BIP310: set_version_mask only goes to miners that negotiated version rolling.
-    assert_eq!(r.publish(j.clone()), vec![j.notify_line.trim_end().to_string()]);
+    assert_eq!(
+        r.publish(j.clone()),
+        vec![j.notify_line.trim_end().to_string()]
+    );
     let nonce = r.find_nonce(
         &j,
         0x2000_0000 | 0x0001_0000,

@@ -433,12 +433,11 @@ impl ControlFrame {
                 } else {
                     None
                 };
-                let version_mask =
-                    if r.remaining() > 0 && r.option_tag("job.version_mask")? {
-                        Some(VersionMask(r.u32("job.version_mask")?))
-                    } else {
-                        None
-                    };
+                let version_mask = if r.remaining() > 0 && r.option_tag("job.version_mask")? {
+                    Some(VersionMask(r.u32("job.version_mask")?))
+                } else {
+                    None
+                };
                 r.finish("job")?;
                 ControlFrame::Job(Box::new(JobMsg {
                     job: Job::new(

@@ -255,7 +255,9 @@ fn sample_job_frame(version_mask: Option<VersionMask>) -> ControlFrame {
 
 #[test]
 fn a_job_carries_the_upstreams_version_mask_as_its_last_field() {
-    let with = sample_job_frame(Some(VersionMask(0x00ff_e000))).to_bytes().unwrap();
+    let with = sample_job_frame(Some(VersionMask(0x00ff_e000)))
+        .to_bytes()
+        .unwrap();
     let without = sample_job_frame(None).to_bytes().unwrap();
     // Tag byte plus the mask, little-endian, at the very end.
     assert_eq!(with.len(), without.len() + 4);

@@ -585,6 +585,7 @@ fn job_loop(shared: Arc<Shared>, rx: Receiver<Arc<PoolJob>>) {
         let frame = ControlFrame::Job(Box::new(JobMsg {
             job: job.job.clone(),
             upstream_target: job.upstream_target,
+            version_mask: job.version_mask,
         }));
         let frame = match frame.to_bytes() {
             Ok(f) => f,

@@ -90,11 +90,14 @@ impl CoreService {
                     .spawn(move || {
                         while !stop.load(Ordering::Relaxed) {
                             match rx.recv_timeout(Duration::from_millis(200)) {
-                                Ok(pj) => server.publish(Arc::new(JobEntry::new(
-                                    pj.job.clone(),
-                                    pj.upstream_target,
-                                    Instant::now(),
-                                ))),
+                                Ok(pj) => server.publish(Arc::new(
+                                    JobEntry::new(
+                                        pj.job.clone(),
+                                        pj.upstream_target,
+                                        Instant::now(),
+                                    )
+                                    .with_version_mask(pj.version_mask),
+                                )),
                                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                                 Err(_) => return,
                             }

@@ -6,6 +6,11 @@
 //! here; the uplink sends them alone at once. A share that meets the upstream pool's target
 //! (proxy mining) makes its batch leave at once too: the core forwards it upstream, and the
 //! upstream's next job would make it stale.
+//!
+//! Lane records that are not the core's (shares on the edge's backup-pool jobs, see
+//! `edge::fallback`) pass through as *covered* entries: they carry no share, only their lane
+//! position, so a batch's lane marks reach past them exactly when every earlier record of
+//! their lane is in this batch or an earlier one.
 
 use relay::wire::ShareData;
 use std::collections::BTreeMap;
@@ -26,8 +31,17 @@ pub struct ReadyBatch {
 }
 
 #[derive(Debug)]
+enum Entry {
+    Share(PendingShare),
+    /// A lane record that is not sent to the core; only the marks move past it.
+    Covered((u16, u64)),
+}
+
+#[derive(Debug)]
 pub struct Batcher {
-    pending: Vec<PendingShare>,
+    pending: Vec<Entry>,
+    /// Shares (not covered entries) in `pending`.
+    shares: usize,
     oldest: Option<Instant>,
     /// A pending share is for the upstream pool: the batch is due now.
     urgent: bool,
@@ -39,6 +53,7 @@ impl Batcher {
     pub fn new(max_shares: usize, max_delay: Duration) -> Self {
         Batcher {
             pending: Vec::new(),
+            shares: 0,
             oldest: None,
             urgent: false,
             max_shares: max_shares.max(1),
@@ -46,8 +61,9 @@ impl Batcher {
         }
     }
 
+    /// Shares waiting (covered entries are not counted).
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.shares
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,7 +75,16 @@ impl Batcher {
             self.oldest = Some(now);
         }
         self.urgent |= share.data.meets_upstream;
-        self.pending.push(share);
+        self.pending.push(Entry::Share(share));
+        self.shares += 1;
+    }
+
+    /// A lane record the core must never see: the marks of the batch it falls in move past it.
+    pub fn push_covered(&mut self, spool_ref: (u16, u64), now: Instant) {
+        if self.pending.is_empty() {
+            self.oldest = Some(now);
+        }
+        self.pending.push(Entry::Covered(spool_ref));
     }
 
     /// When the current batch must leave at the latest.
@@ -72,8 +97,7 @@ impl Batcher {
 
     /// A full or aged batch, if one is due.
     pub fn poll(&mut self, now: Instant) -> Option<ReadyBatch> {
-        let due =
-            self.pending.len() >= self.max_shares || self.deadline().is_some_and(|d| now >= d);
+        let due = self.shares >= self.max_shares || self.deadline().is_some_and(|d| now >= d);
         if !due || self.pending.is_empty() {
             return None;
         }
@@ -89,11 +113,25 @@ impl Batcher {
         }
     }
 
+    /// Takes entries up to and including the `n`-th share (all of them if there are fewer).
     fn take(&mut self, n: usize) -> ReadyBatch {
-        let n = n.min(self.pending.len());
-        let rest = self.pending.split_off(n);
+        let mut cut = self.pending.len();
+        let mut seen = 0;
+        for (i, e) in self.pending.iter().enumerate() {
+            if let Entry::Share(_) = e {
+                seen += 1;
+                if seen == n {
+                    cut = i + 1;
+                    break;
+                }
+            }
+        }
+        let rest = self.pending.split_off(cut);
         let taken = std::mem::replace(&mut self.pending, rest);
-        self.urgent = self.pending.iter().any(|p| p.data.meets_upstream);
+        self.urgent = self
+            .pending
+            .iter()
+            .any(|e| matches!(e, Entry::Share(p) if p.data.meets_upstream));
         self.oldest = if self.pending.is_empty() {
             None
         } else {
@@ -102,13 +140,20 @@ impl Batcher {
         };
         let mut marks: BTreeMap<u16, u64> = BTreeMap::new();
         let mut shares = Vec::with_capacity(taken.len());
-        for p in taken {
-            if let Some((lane, idx)) = p.spool_ref {
+        for e in taken {
+            let spool_ref = match e {
+                Entry::Share(p) => {
+                    shares.push(p.data);
+                    p.spool_ref
+                }
+                Entry::Covered(r) => Some(r),
+            };
+            if let Some((lane, idx)) = spool_ref {
                 let m = marks.entry(lane).or_insert(idx);
                 *m = (*m).max(idx);
             }
-            shares.push(p.data);
         }
+        self.shares -= shares.len();
         ReadyBatch {
             shares,
             marks: marks.into_iter().collect(),
@@ -151,6 +196,30 @@ mod tests {
         assert_eq!(r.shares.len(), 3);
         assert_eq!(r.marks, vec![(0, 6), (1, 9)]);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn covered_records_move_the_marks_but_are_never_sent() {
+        let t = Instant::now();
+        let mut b = Batcher::new(2, Duration::from_millis(200));
+        b.push(share(0, 1), t);
+        b.push_covered((0, 2), t);
+        b.push_covered((1, 7), t);
+        assert_eq!(b.len(), 1, "covered records are not shares");
+        b.push(share(0, 3), t);
+        b.push_covered((0, 4), t);
+        let r = b.poll(t).unwrap();
+        assert_eq!(r.shares.len(), 2);
+        assert!(r.shares.iter().all(|s| s.nonce != 2));
+        // Through the second share: (0, 4) arrived after it and waits for the next batch.
+        assert_eq!(r.marks, vec![(0, 3), (1, 7)]);
+        // A batch of covered records only: no shares, marks past them after max_delay.
+        assert!(b.poll(t + Duration::from_millis(199)).is_none());
+        let r = b.poll(t + Duration::from_millis(200)).unwrap();
+        assert!(r.shares.is_empty());
+        assert_eq!(r.marks, vec![(0, 4)]);
+        assert!(b.is_empty());
+        assert_eq!(b.deadline(), None);
     }
 
     #[test]

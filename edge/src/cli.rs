@@ -112,6 +112,8 @@ fn serve(cfg: EdgeConfig) -> anyhow::Result<()> {
             default_max_batch_shares: cfg.max_batch_shares,
             default_max_batch_delay: cfg.max_batch_delay,
             max_job_age: cfg.max_job_age,
+            algorithm: cfg.algorithm,
+            fallback: cfg.fallback.clone(),
         },
         spool,
         slot.clone(),

@@ -1,10 +1,12 @@
 //! `quarry-edge` configuration (TOML); every key is documented in `deploy/edge.example.toml`.
 
 use crate::config::{load_toml, server_config, ConfigError, LimitsSection, StratumSection};
+use crate::fallback::FallbackConfig;
 use crate::server::ServerConfig;
 use crate::telemetry::LogFormat;
 use crate::uplink::CoreEndpoint;
 use relay::pow::PowAlgorithm;
+use relay::upstream::{ConnectOptions, PoolUrl, UpstreamConfig};
 use relay::wire::EdgeId;
 use relay::work::{Extranonce, ExtranonceLayout};
 use serde::Deserialize;
@@ -25,6 +27,7 @@ pub struct EdgeConfigFile {
     pub metrics: MetricsSection,
     #[serde(default)]
     pub log: LogSection,
+    pub fallback: Option<FallbackSection>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -74,6 +77,29 @@ fn default_batch_delay() -> u64 {
     200
 }
 
+/// `[fallback]`: a pool to mine for while the core is unreachable.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackSection {
+    /// `stratum+tcp://host:port` or `stratum+ssl://host:port`.
+    pub url: String,
+    /// Our account at the backup pool.
+    pub user: String,
+    #[serde(default = "default_fallback_password")]
+    pub password: String,
+    /// PEM roots for `stratum+ssl://` (default: the system bundle).
+    pub tls_ca: Option<PathBuf>,
+    #[serde(default = "default_fallback_after")]
+    pub after_secs: u64,
+}
+
+fn default_fallback_password() -> String {
+    "x".into()
+}
+fn default_fallback_after() -> u64 {
+    60
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
@@ -111,6 +137,8 @@ pub struct EdgeConfig {
     pub limits: LimitsSection,
     pub metrics_listen: SocketAddr,
     pub log_format: LogFormat,
+    /// The backup pool, if one is configured.
+    pub fallback: Option<FallbackConfig>,
 }
 
 fn invalid(file: &Path, key: &str, reason: impl Into<String>) -> ConfigError {
@@ -170,7 +198,7 @@ impl EdgeConfig {
             .map_err(|e| invalid(file, "core.cert", e.to_string()))?;
         // Checks the Stratum and limits sections now, so a bad value fails at start.
         let layout = ExtranonceLayout::default();
-        server_config(
+        let probe = server_config(
             file,
             &raw.stratum,
             &raw.limits,
@@ -180,6 +208,10 @@ impl EdgeConfig {
                 .edge_prefix(0, 0)
                 .map_err(|e| invalid(file, "edge", e.to_string()))?,
         )?;
+        let fallback = match &raw.fallback {
+            None => None,
+            Some(f) => Some(fallback_config(file, f, probe.session.version_mask)?),
+        };
         Ok(EdgeConfig {
             file: file.to_path_buf(),
             edge_id,
@@ -195,6 +227,7 @@ impl EdgeConfig {
             limits: raw.limits,
             metrics_listen: raw.metrics.listen,
             log_format: raw.log.format,
+            fallback,
         })
     }
 
@@ -217,6 +250,54 @@ impl EdgeConfig {
             prefix,
         )
     }
+}
+
+/// Checks `[fallback]`; `version_mask` is what our miners may roll (asked of the backup pool).
+fn fallback_config(
+    file: &Path,
+    f: &FallbackSection,
+    version_mask: relay::work::VersionMask,
+) -> Result<FallbackConfig, ConfigError> {
+    let url: PoolUrl = f
+        .url
+        .parse()
+        .map_err(|e: relay::upstream::PoolUrlError| invalid(file, "fallback.url", e.reason))?;
+    if f.user.trim().is_empty() {
+        return Err(invalid(
+            file,
+            "fallback.user",
+            "the account at the backup pool must not be empty",
+        ));
+    }
+    if f.after_secs == 0 {
+        return Err(invalid(
+            file,
+            "fallback.after_secs",
+            "must be at least 1 (seconds without the core before miners get the backup pool's work)",
+        ));
+    }
+    let tls_roots = match (&f.tls_ca, url.tls) {
+        (Some(_), false) => {
+            return Err(invalid(
+                file,
+                "fallback.tls_ca",
+                format!("set, but fallback.url '{}' is not stratum+ssl://", f.url),
+            ))
+        }
+        (ca, true) => Some(std::sync::Arc::new(
+            relay::upstream::load_tls_roots(ca.as_deref())
+                .map_err(|reason| invalid(file, "fallback.tls_ca", reason))?,
+        )),
+        (None, false) => None,
+    };
+    let mut session = UpstreamConfig::new(f.user.clone(), f.password.clone());
+    session.version_rolling = (version_mask.0 != 0).then_some(version_mask);
+    let mut connect = ConnectOptions::new(url, session);
+    connect.tls_roots = tls_roots;
+    Ok(FallbackConfig {
+        connect,
+        after: Duration::from_secs(f.after_secs),
+    })
 }
 
 #[cfg(test)]
@@ -249,6 +330,94 @@ mod tests {
         assert_eq!(c.edge_id.as_str(), "farm-1");
         assert_eq!(c.max_batch_shares, 100);
         assert_eq!(c.endpoints[0].server_name, "127.0.0.1");
+        assert!(
+            c.fallback.is_none(),
+            "the example leaves [fallback] commented out"
+        );
+    }
+
+    /// The example with its `[fallback]` section switched on.
+    fn with_fallback(text: &str) -> String {
+        let start = text
+            .find("# [fallback]")
+            .expect("example documents [fallback]");
+        let (head, tail) = text.split_at(start);
+        let tail: String = tail
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest.to_string(),
+                _ => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        format!("{head}{tail}\n")
+    }
+
+    #[test]
+    fn the_documented_fallback_section_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.toml");
+        let text = with_fallback(&example_with_pki(dir.path())).replace(
+            "stratum+ssl://backup.example.net:443",
+            "stratum+tcp://127.0.0.1:3334",
+        );
+        let text = text.replace("tls_ca = ", "# tls_ca = ");
+        std::fs::write(&path, text).unwrap();
+        let c = EdgeConfig::load(&path).unwrap();
+        let f = c.fallback.expect("[fallback] loaded");
+        assert_eq!(f.connect.url.to_string(), "stratum+tcp://127.0.0.1:3334");
+        assert_eq!(f.connect.session.username, "farm1.edge");
+        assert_eq!(f.after, Duration::from_secs(60));
+        assert_eq!(
+            f.connect.session.version_rolling,
+            Some(relay::work::VersionMask::BIP320)
+        );
+    }
+
+    #[test]
+    fn bad_fallback_values_name_file_key_and_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.toml");
+        let base = example_with_pki(dir.path());
+        let section = |body: &str| format!("{base}\n[fallback]\n{body}\n");
+        let cases = [
+            (
+                "url = \"http://pool:1\"\nuser = \"a\"",
+                "fallback.url",
+                "stratum+tcp://",
+            ),
+            (
+                "url = \"stratum+tcp://pool:1\"\nuser = \" \"",
+                "fallback.user",
+                "empty",
+            ),
+            (
+                "url = \"stratum+tcp://pool:1\"\nuser = \"a\"\nafter_secs = 0",
+                "fallback.after_secs",
+                "at least 1",
+            ),
+            (
+                "url = \"stratum+tcp://pool:1\"\nuser = \"a\"\ntls_ca = \"/x.pem\"",
+                "fallback.tls_ca",
+                "not stratum+ssl",
+            ),
+            (
+                "url = \"stratum+ssl://pool:1\"\nuser = \"a\"\ntls_ca = \"/nonexistent/ca.pem\"",
+                "fallback.tls_ca",
+                "/nonexistent/ca.pem",
+            ),
+        ];
+        for (body, key, reason) in cases {
+            std::fs::write(&path, section(body)).unwrap();
+            let e = EdgeConfig::load(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("edge.toml") && e.contains(key) && e.contains(reason),
+                "{body}: {e}"
+            );
+        }
+        std::fs::write(&path, section("url = \"stratum+tcp://pool:1\"")).unwrap();
+        let e = EdgeConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("user"), "{e}");
     }
 
     #[test]

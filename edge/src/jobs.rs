@@ -5,7 +5,7 @@
 //! changes after it is built, so readers need no lock on the share path.
 
 use relay::stratum::{RequestId, ServerNotification};
-use relay::work::{Job, Target};
+use relay::work::{Job, Target, VersionMask};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +17,9 @@ pub struct JobEntry {
     pub network_target: Target,
     /// Target of the upstream pool in proxy mining (shares meeting it are forwarded).
     pub upstream_target: Option<Target>,
+    /// The version bits the upstream pool lets us roll (proxy mining, the edge's backup
+    /// pool): sessions narrow their miners' masks to it (`None`: no limit of its own).
+    pub version_mask: Option<VersionMask>,
     /// The `mining.notify` line for this job, encoded once for every session.
     pub notify_line: Arc<str>,
     pub created: Instant,
@@ -34,9 +37,16 @@ impl JobEntry {
             job,
             network_target,
             upstream_target,
+            version_mask: None,
             notify_line,
             created,
         }
+    }
+
+    /// The job limited to the upstream's version-rolling mask.
+    pub fn with_version_mask(mut self, mask: Option<VersionMask>) -> Self {
+        self.version_mask = mask;
+        self
     }
 }
 

@@ -9,6 +9,7 @@ pub mod batcher;
 pub mod cli;
 pub mod config;
 pub mod edge_config;
+pub mod fallback;
 pub mod jobs;
 pub mod server;
 pub mod session;

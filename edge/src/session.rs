@@ -19,6 +19,11 @@
 //!   in `quarry_edge_version_rolling_unnegotiated_total`). Firmware that submits the whole rolled
 //!   version instead of just the bits is understood too, as long as the bits outside the mask are
 //!   the job's own.
+//! - A job may carry the upstream pool's mask (proxy mining, the edge's backup pool). When it
+//!   is narrower than what the miner was granted, `mining.set_version_mask` with the
+//!   intersection goes out before the job's `mining.notify` (and the grant is restored the
+//!   same way when a later job allows it again); shares rolling bits outside the mask in force
+//!   when their job was sent are refused, so none reaches an upstream that would reject it.
 
 use crate::jobs::{JobBook, JobEntry};
 use crate::share::{BlockCandidate, ShareEvent, ShareRecord};
@@ -138,6 +143,8 @@ struct SentJob {
     entry: Arc<JobEntry>,
     difficulty: Difficulty,
     target: Target,
+    /// The version bits the miner may roll on this job.
+    version_mask: VersionMask,
     seq: u64,
 }
 
@@ -163,6 +170,8 @@ pub struct Session {
     workers: Vec<Arc<str>>,
     /// Granted by mining.configure.
     version_mask: Option<VersionMask>,
+    /// The mask the miner was last told (the grant, or a job's narrower upstream mask).
+    told_mask: Option<VersionMask>,
     vardiff: Vardiff,
     /// Floor asked for with BIP310 minimum-difficulty.
     miner_min_difficulty: Option<Difficulty>,
@@ -189,6 +198,7 @@ impl Session {
             extranonce_subscribed: false,
             workers: Vec::new(),
             version_mask: None,
+            told_mask: None,
             vardiff,
             miner_min_difficulty: None,
             sent_difficulty: None,
@@ -352,6 +362,7 @@ impl Session {
             let granted = VersionMask::negotiate(vr.mask, self.cfg.version_mask);
             if granted.bit_count() >= vr.min_bit_count {
                 self.version_mask = Some(granted);
+                self.told_mask = Some(granted);
                 result.insert("version-rolling".into(), json!(true));
                 result.insert(
                     "version-rolling.mask".into(),
@@ -403,6 +414,7 @@ impl Session {
             }
             self.seen.clear();
         }
+        let version_mask = self.job_version_mask(current, out);
         // A silent miner's difficulty comes down here, between jobs.
         self.vardiff.poll(now, &self.cfg.vardiff);
         let mut difficulty = self.vardiff.difficulty();
@@ -426,6 +438,7 @@ impl Session {
             entry: current.clone(),
             difficulty,
             target,
+            version_mask,
             seq: self.next_seq,
         });
         while self.jobs.len() > SESSION_JOBS {
@@ -435,6 +448,26 @@ impl Session {
                 self.remember_dropped(j.entry.job.id.clone());
             }
         }
+    }
+
+    /// The mask the miner may roll on `job`: its grant (or, without `mining.configure`, the
+    /// port's mask) narrowed to the job's upstream mask. A negotiated miner hears of every
+    /// change with `mining.set_version_mask` (BIP310) before the job's notify.
+    fn job_version_mask(&mut self, job: &JobEntry, out: &mut Vec<u8>) -> VersionMask {
+        let narrow = |m: VersionMask| job.version_mask.map_or(m, |u| VersionMask(m.0 & u.0));
+        let Some(granted) = self.version_mask else {
+            return narrow(self.cfg.version_mask);
+        };
+        let mask = narrow(granted);
+        if self.told_mask != Some(mask) {
+            out.extend_from_slice(
+                ServerNotification::SetVersionMask(mask)
+                    .encode(&RequestId::Null)
+                    .as_bytes(),
+            );
+            self.told_mask = Some(mask);
+        }
+        mask
     }
 
     fn remember_dropped(&mut self, id: JobId) {
@@ -527,13 +560,10 @@ impl Session {
         let version = match s.version_bits {
             None => job_version,
             Some(bits) => {
-                let mask = match self.version_mask {
-                    Some(m) => m,
-                    None => {
-                        self.counters.version_rolling_unnegotiated += 1;
-                        self.cfg.version_mask
-                    }
-                };
+                if self.version_mask.is_none() {
+                    self.counters.version_rolling_unnegotiated += 1;
+                }
+                let mask = sent.version_mask;
                 // Full-version form: the bits outside the mask are the job's own.
                 let bits = if bits & !mask.0 == job_version & !mask.0 {
                     bits & mask.0

@@ -11,20 +11,30 @@
 //!
 //! Shards: the edge orders the configured core endpoints by rendezvous hashing of its edge id
 //! (so all edges agree without coordination and a removed shard moves only its own edges) and
-//! fails over to the next one when a shard does not answer.
+//! fails over to the next one when a shard does not answer. Dialling runs as its own task, so
+//! shares keep being batched and spooled (and backup-pool work keeps flowing) while a dial to
+//! an unreachable shard waits out its timeout.
+//!
+//! Backup pool (`[fallback]`, see [`crate::fallback`]): after `after` without a core link the
+//! uplink also runs a Stratum client of the backup pool, publishes its jobs to the miners the
+//! same way as the core's, forwards their shares on those jobs to it and keeps them out of the
+//! batches; the core's first job after it is back takes the miners home.
 
 use crate::batcher::{Batcher, PendingShare, ReadyBatch};
+use crate::fallback::{is_fallback_job, BackupWork, Fallback, FallbackAction, FallbackConfig};
 use crate::jobs::JobEntry;
 use crate::server::ServerHandle;
 use crate::share::ShareEvent;
 use crate::spool::{unix_ms, write_atomic, BatchSpool, SpooledBatch};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use relay::pow::PowAlgorithm;
 use relay::quic::Backoff;
+use relay::upstream::{ConnEvent, ShareVerdict, UpstreamConn, UpstreamEvent};
 use relay::wire::{
     Batch, BatchContext, BlockFound, ControlFrame, EdgeId, Hello, JobBase, ResumeState, ShareData,
     Welcome, PROTOCOL_VERSION,
 };
-use relay::work::{Extranonce, JobId};
+use relay::work::{Extranonce, ExtranonceLayout, JobId};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,6 +63,10 @@ pub struct UplinkConfig {
     pub default_max_batch_delay: Duration,
     /// Miners keep working on the last job this long without the core; a warning after.
     pub max_job_age: Duration,
+    /// The coin's proof of work (the backup pool's share target is in its terms).
+    pub algorithm: PowAlgorithm,
+    /// A backup pool for long core outages.
+    pub fallback: Option<FallbackConfig>,
 }
 
 /// Orders endpoints by rendezvous (highest random weight) hashing of the edge id.
@@ -130,6 +144,36 @@ enum Event {
     Share(ShareEvent),
     Frame(u64, ControlFrame),
     Lost(u64, String),
+    /// A dial finished: a link with its Welcome, or why no shard answered.
+    Dialed(Box<anyhow::Result<Dialed>>),
+    /// From the backup pool connection with this tag.
+    Backup(usize, ConnEvent),
+}
+
+/// A core shard that answered our Hello with a Welcome.
+struct Dialed {
+    ep: CoreEndpoint,
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// Bytes read after the Welcome.
+    buf: BytesMut,
+    welcome: Welcome,
+}
+
+/// The backup pool's connection and state (see [`crate::fallback`]).
+struct Backup {
+    cfg: FallbackConfig,
+    state: Fallback,
+    work: BackupWork,
+    conn: Option<UpstreamConn>,
+    /// The tag of `conn`'s events; events of earlier connections are ignored.
+    tag: Option<usize>,
+    next_tag: usize,
+    events: crossbeam_channel::Sender<(usize, ConnEvent)>,
+    /// Forwarded shares awaiting the pool's verdict: ticket → worker.
+    tickets: HashMap<u64, Arc<str>>,
+    next_ticket: u64,
 }
 
 struct Link {
@@ -153,6 +197,9 @@ pub struct Uplink {
     jobs: HashMap<JobId, JobBase>,
     last_job_at: Option<Instant>,
     stale_warned: bool,
+    backup: Option<Backup>,
+    /// The backup connection's events, until `run` bridges them into its loop.
+    backup_rx: Option<crossbeam_channel::Receiver<(usize, ConnEvent)>>,
 }
 
 impl Uplink {
@@ -164,6 +211,28 @@ impl Uplink {
         lease_tx: Option<crossbeam_channel::Sender<BatchContext>>,
     ) -> Uplink {
         let batcher = Batcher::new(cfg.default_max_batch_shares, cfg.default_max_batch_delay);
+        let (backup, backup_rx) = match &cfg.fallback {
+            None => (None, None),
+            Some(f) => {
+                register_fallback_metrics();
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let first_id = unix_ms(std::time::SystemTime::now());
+                (
+                    Some(Backup {
+                        cfg: f.clone(),
+                        state: Fallback::new(f.after, Instant::now()),
+                        work: BackupWork::new(cfg.algorithm, first_id),
+                        conn: None,
+                        tag: None,
+                        next_tag: 0,
+                        events: tx,
+                        tickets: HashMap::new(),
+                        next_ticket: 1,
+                    }),
+                    Some(rx),
+                )
+            }
+        };
         Uplink {
             cfg,
             spool,
@@ -177,6 +246,8 @@ impl Uplink {
             jobs: HashMap::new(),
             last_job_at: None,
             stale_warned: false,
+            backup,
+            backup_rx,
         }
     }
 
@@ -212,6 +283,26 @@ impl Uplink {
                         }
                     })?;
             }
+            // Bridge the backup pool connection's events the same way.
+            if let Some(brx) = self.backup_rx.take() {
+                let tx = tx.clone();
+                let stop = stop.clone();
+                std::thread::Builder::new()
+                    .name("uplink-backup-bridge".into())
+                    .spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            match brx.recv_timeout(Duration::from_millis(200)) {
+                                Ok((tag, ev)) => {
+                                    if tx.send(Event::Backup(tag, ev)).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                                Err(_) => return,
+                            }
+                        }
+                    })?;
+            }
             let endpoint = relay::quic::endpoint::client_endpoint(
                 SocketAddr::from(([0, 0, 0, 0], 0)),
                 self.cfg.client.clone(),
@@ -221,29 +312,42 @@ impl Uplink {
             }
             let mut backoff = Backoff::uplink();
             let mut next_dial = Instant::now();
+            let mut dialing: Option<tokio::task::JoinHandle<()>> = None;
             let mut tick = tokio::time::interval(Duration::from_millis(20));
             let mut last_stats = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                if self.link.is_none() && Instant::now() >= next_dial {
-                    match self.connect(&endpoint, &tx).await {
-                        Ok(()) => backoff.reset(),
-                        Err(e) => {
-                            let delay = backoff.next_delay(rand_unit());
-                            tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "uplink: cannot reach a core shard");
-                            next_dial = Instant::now() + delay;
-                        }
-                    }
+                if self.link.is_none() && dialing.is_none() && Instant::now() >= next_dial {
+                    let hello = self.hello()?;
+                    let order = rendezvous_order(self.cfg.edge_id.as_str(), &self.cfg.endpoints);
+                    let (endpoint, tx) = (endpoint.clone(), tx.clone());
+                    dialing = Some(tokio::spawn(async move {
+                        let r = dial(&endpoint, order, hello).await;
+                        let _ = tx.send(Event::Dialed(Box::new(r)));
+                    }));
                 }
                 tokio::select! {
                     ev = rx.recv() => match ev {
                         Some(Event::Share(s)) => self.on_share(s, Instant::now()).await,
                         Some(Event::Frame(id, f)) => self.on_frame(id, f),
                         Some(Event::Lost(id, why)) => self.on_lost(id, &why),
+                        Some(Event::Dialed(r)) => {
+                            dialing = None;
+                            match (*r).and_then(|d| self.attach(d, &tx)) {
+                                Ok(()) => backoff.reset(),
+                                Err(e) => {
+                                    let delay = backoff.next_delay(rand_unit());
+                                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "uplink: cannot reach a core shard");
+                                    next_dial = Instant::now() + delay;
+                                }
+                            }
+                        }
+                        Some(Event::Backup(tag, ev)) => self.on_backup(tag, ev, Instant::now()),
                         None => break,
                     },
                     _ = tick.tick() => {}
                 }
                 let now = Instant::now();
+                self.poll_fallback(now);
                 while let Some(b) = self.batcher.poll(now) {
                     self.send_batch(b);
                 }
@@ -252,8 +356,14 @@ impl Uplink {
                     self.stats(now);
                 }
             }
+            if let Some(d) = dialing.take() {
+                d.abort();
+            }
             if let Some(b) = self.batcher.drain() {
                 self.send_batch(b);
+            }
+            if let Some(conn) = self.backup.as_mut().and_then(|b| b.conn.take()) {
+                conn.close();
             }
             if let Some(l) = self.link.take() {
                 l.conn.close(0u32.into(), b"edge shutting down");
@@ -277,7 +387,8 @@ impl Uplink {
                 },
             );
         }
-        if self.link.is_none() {
+        let serving_backup = self.backup.as_ref().is_some_and(|b| b.state.is_serving());
+        if self.link.is_none() && !serving_backup {
             if let Some(t) = self.last_job_at {
                 if now.duration_since(t) > self.cfg.max_job_age && !self.stale_warned {
                     self.stale_warned = true;
@@ -287,34 +398,8 @@ impl Uplink {
         }
     }
 
-    async fn connect(
-        &mut self,
-        endpoint: &quinn::Endpoint,
-        tx: &mpsc::UnboundedSender<Event>,
-    ) -> anyhow::Result<()> {
-        let mut last_err = anyhow::anyhow!("no core endpoints configured");
-        for ep in rendezvous_order(self.cfg.edge_id.as_str(), &self.cfg.endpoints) {
-            match self.connect_one(endpoint, &ep, tx).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    tracing::warn!(core = %ep.name, error = %format!("{e:#}"), "uplink: shard unavailable, trying the next");
-                    last_err = e;
-                }
-            }
-        }
-        Err(last_err)
-    }
-
-    async fn connect_one(
-        &mut self,
-        endpoint: &quinn::Endpoint,
-        ep: &CoreEndpoint,
-        tx: &mpsc::UnboundedSender<Event>,
-    ) -> anyhow::Result<()> {
-        let connecting = endpoint.connect(ep.addr, &ep.server_name)?;
-        let conn = tokio::time::timeout(Duration::from_secs(10), connecting).await??;
-        let (mut send, mut recv) = conn.open_bi().await?;
-        let hello = ControlFrame::Hello(Hello {
+    fn hello(&self) -> anyhow::Result<Bytes> {
+        Ok(ControlFrame::Hello(Hello {
             protocol_version: PROTOCOL_VERSION,
             edge_id: self.cfg.edge_id.clone(),
             software: format!("quarry-edge/{}", env!("CARGO_PKG_VERSION")),
@@ -322,31 +407,24 @@ impl Uplink {
                 epoch,
                 next_seq: self.spool.next_seq,
             }),
-        });
-        send.write_all(&hello.to_bytes()?).await?;
-        let mut buf = BytesMut::new();
-        // The handshake completes before the core has judged our certificate: only a Welcome
-        // proves the link is up.
-        let welcome = tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                if let Some(f) = ControlFrame::take_from(&mut buf)? {
-                    return Ok::<ControlFrame, anyhow::Error>(f);
-                }
-                let mut chunk = [0u8; 4096];
-                match recv.read(&mut chunk).await? {
-                    Some(n) => buf.extend_from_slice(&chunk[..n]),
-                    None => anyhow::bail!("core closed the control stream before Welcome"),
-                }
-            }
         })
-        .await
-        .map_err(|_| anyhow::anyhow!("no Welcome within 10 s"))??;
-        let welcome = match welcome {
-            ControlFrame::Welcome(w) => w,
-            ControlFrame::Error(e) => anyhow::bail!("core refused us: [{}] {}", e.code, e.message),
-            other => anyhow::bail!("expected Welcome, got {other:?}"),
-        };
-        self.on_welcome(&welcome)?;
+        .to_bytes()?)
+    }
+
+    /// Takes a dialled shard as the link: its Welcome, the control-stream reader, the replay.
+    fn attach(&mut self, d: Dialed, tx: &mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
+        let Dialed {
+            ep,
+            conn,
+            send,
+            mut recv,
+            mut buf,
+            welcome,
+        } = d;
+        if let Err(e) = self.on_welcome(&welcome) {
+            conn.close(0u32.into(), b"edge cannot use this Welcome");
+            return Err(e);
+        }
         let id = self.next_link_id;
         self.next_link_id += 1;
         tracing::info!(core = %ep.name, addr = %ep.addr, shard = welcome.shard_id, lease = %welcome.lease_prefix, epoch = welcome.epoch, acked_through = ?welcome.acked_through, replay = self.spool.pending_batches(), "uplink connected");
@@ -398,6 +476,11 @@ impl Uplink {
         for stream in replay {
             self.send_stream(stream, false);
         }
+        if let Some(b) = &mut self.backup {
+            if b.state.core_connected() == Some(FallbackAction::Disconnect) {
+                b.disconnect("the core is back before the backup pool served");
+            }
+        }
         Ok(())
     }
 
@@ -444,7 +527,22 @@ impl Uplink {
             return;
         }
         match f {
+            ControlFrame::Job(j) if is_fallback_job(j.job.id.as_str()) => {
+                // Its shares would be taken for the backup pool's and never credited.
+                tracing::error!(job = %j.job.id, "the core sent a job id with the backup-pool prefix: job ignored");
+            }
             ControlFrame::Job(j) => {
+                let mut j = *j;
+                if self
+                    .backup
+                    .as_mut()
+                    .is_some_and(|b| b.state.core_job(Instant::now()))
+                {
+                    // Miners drop the backup pool's work at once.
+                    j.job.clean_jobs = true;
+                    metrics::gauge!("quarry_edge_fallback_active").set(0.0);
+                    tracing::warn!(job = %j.job.id, "the core is back: miners return to its work");
+                }
                 self.jobs.insert(
                     j.job.id.clone(),
                     JobBase {
@@ -465,7 +563,8 @@ impl Uplink {
                 }
                 self.last_job_at = Some(Instant::now());
                 self.stale_warned = false;
-                let entry = JobEntry::new(j.job, j.upstream_target, Instant::now());
+                let entry = JobEntry::new(j.job, j.upstream_target, Instant::now())
+                    .with_version_mask(j.version_mask);
                 self.server.publish(Arc::new(entry));
             }
             ControlFrame::Ack(a) => {
@@ -518,10 +617,28 @@ impl Uplink {
         tracing::warn!(reason = %reason, "uplink lost; miners keep working, shares are spooled");
         metrics::gauge!("quarry_edge_uplink_connected").set(0.0);
         self.link = None;
+        if let Some(b) = &mut self.backup {
+            b.state.core_lost(Instant::now());
+        }
     }
 
     async fn on_share(&mut self, ev: ShareEvent, now: Instant) {
         match ev {
+            // The backup pool's work: forwarded there, never batched to the core; the lane
+            // marks still move past it.
+            ShareEvent::Accepted(s) if is_fallback_job(s.job_id.as_str()) => {
+                self.on_backup_share(&s, false);
+                if let Some(r) = s.spool_ref {
+                    self.batcher.push_covered(r, now);
+                }
+            }
+            ShareEvent::Block(b) if is_fallback_job(b.share.job_id.as_str()) => {
+                tracing::info!(worker = %b.share.worker, job = %b.share.job_id, "block candidate on the backup pool's work: forwarded to it");
+                self.on_backup_share(&b.share, true);
+                if let Some(r) = b.share.spool_ref {
+                    self.batcher.push_covered(r, now);
+                }
+            }
             ShareEvent::Accepted(s) => {
                 let spool_ref = s.spool_ref;
                 self.batcher.push(
@@ -602,6 +719,10 @@ impl Uplink {
     }
 
     fn send_batch(&mut self, ready: ReadyBatch) {
+        if ready.shares.is_empty() {
+            // Only records that are not the core's: nothing to send, the marks move on.
+            return self.cover(&ready.marks);
+        }
         let (Some(ctx), Some(epoch)) = (self.ctx, self.spool.epoch) else {
             // Never connected yet: keep them (they are in the lanes anyway).
             for (i, data) in ready.shares.into_iter().enumerate() {
@@ -654,6 +775,208 @@ impl Uplink {
         metrics::counter!("quarry_edge_shares_sent_total").increment(n as u64);
     }
 
+    /// Lane records through `marks` are in durable batches or not the core's: they may go.
+    fn cover(&mut self, marks: &[(u16, u64)]) {
+        for &(lane, idx) in marks {
+            let m = self.spool.marks.entry(lane).or_insert(idx);
+            *m = (*m).max(idx);
+            self.server.trim_lane(lane, idx);
+        }
+    }
+
+    /// Connects or lets go of the backup pool as [`Fallback`] decides.
+    fn poll_fallback(&mut self, now: Instant) {
+        let ctx = self.ctx;
+        let Some(b) = &mut self.backup else {
+            return;
+        };
+        while let Some(action) = b.state.poll(now) {
+            match action {
+                FallbackAction::Connect if ctx.is_none() => {
+                    // No lease yet: no Stratum port, no miners to serve.
+                    b.state.backup_closed(now, rand_unit());
+                }
+                FallbackAction::Connect => {
+                    b.work.connecting();
+                    let tag = b.next_tag;
+                    b.next_tag += 1;
+                    match UpstreamConn::spawn(b.cfg.connect.clone(), tag, b.events.clone()) {
+                        Ok(c) => {
+                            tracing::warn!(after = ?b.cfg.after, pool = %b.cfg.connect.url, "core unreachable: connecting to the backup pool");
+                            b.conn = Some(c);
+                            b.tag = Some(tag);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot start the backup pool connection");
+                            b.state.backup_closed(now, rand_unit());
+                        }
+                    }
+                }
+                FallbackAction::Disconnect => b.disconnect("miners are back on the core's work"),
+            }
+        }
+    }
+
+    /// The layout our miners' extranonces have under the lease (what must fit in the pool's).
+    fn miner_layout(&self) -> ExtranonceLayout {
+        ExtranonceLayout {
+            extranonce2_len: self.ctx.map_or(4, |c| c.extranonce2_size as usize),
+            ..ExtranonceLayout::default()
+        }
+    }
+
+    fn on_backup(&mut self, tag: usize, ev: ConnEvent, now: Instant) {
+        let layout = self.miner_layout();
+        let Some(b) = &mut self.backup else {
+            return;
+        };
+        if b.tag != Some(tag) {
+            return;
+        }
+        let url = b.cfg.connect.url.clone();
+        match ev {
+            ConnEvent::Connected { peer } => {
+                tracing::debug!(pool = %url, %peer, "backup pool: TCP up, subscribing");
+            }
+            ConnEvent::Closed { reason } => {
+                b.conn = None;
+                b.tag = None;
+                b.settle_tickets();
+                b.state.backup_closed(now, rand_unit());
+                tracing::warn!(pool = %url, %reason, "backup pool connection ended");
+            }
+            ConnEvent::Session(e) => match e {
+                UpstreamEvent::Ready {
+                    extranonce1,
+                    extranonce2_size,
+                    version_mask,
+                } => match b
+                    .work
+                    .ready(layout, extranonce1, extranonce2_size, version_mask)
+                {
+                    Ok(()) => {
+                        b.state.backup_ready();
+                        tracing::info!(pool = %url, extranonce1 = %extranonce1, extranonce2_size,
+                            version_mask = ?version_mask.map(|m| format!("{:08x}", m.0)),
+                            "backup pool subscribed and authorized");
+                        self.publish_backup(false, now);
+                    }
+                    Err(e) => b.fail(&e.to_string(), now),
+                },
+                UpstreamEvent::Job(job) => {
+                    b.work.upstream_job(job);
+                    if b.work.is_ready() {
+                        self.publish_backup(false, now);
+                    }
+                }
+                UpstreamEvent::Difficulty(d) => {
+                    tracing::debug!(pool = %url, difficulty = d.value(), "backup pool difficulty");
+                    b.work.set_difficulty(d);
+                }
+                UpstreamEvent::Extranonce {
+                    extranonce1,
+                    extranonce2_size,
+                } => match b.work.set_extranonce(layout, extranonce1, extranonce2_size) {
+                    // Jobs under the old extranonce are void upstream: move miners on at once.
+                    Ok(()) => self.publish_backup(true, now),
+                    Err(e) => b.fail(&e.to_string(), now),
+                },
+                UpstreamEvent::VersionMask(m) => {
+                    tracing::warn!(pool = %url, mask = %format!("{:08x}", m.0), "backup pool changed the version-rolling mask");
+                    b.work.set_version_mask(m);
+                    self.publish_backup(true, now);
+                }
+                UpstreamEvent::Reconnect { host, port, wait } => {
+                    // Redirects are not followed: the configured pool is the one trusted.
+                    tracing::warn!(pool = %url, ?host, ?port, ?wait, "backup pool asked us to reconnect; reconnecting to the configured address");
+                    b.fail("client.reconnect", now);
+                }
+                UpstreamEvent::Message(m) => {
+                    tracing::info!(pool = %url, message = %m, "backup pool says")
+                }
+                UpstreamEvent::ShareResult {
+                    ticket, verdict, ..
+                } => {
+                    let worker = b.tickets.remove(&ticket);
+                    let result = match &verdict {
+                        ShareVerdict::Accepted => "accepted",
+                        // A share that crossed the pool's new block on the wire: normal.
+                        ShareVerdict::Rejected(e) if relay::upstream::session::is_stale(e) => {
+                            tracing::debug!(pool = %url, worker = ?worker, reason = %e.message, "backup pool: stale share");
+                            "stale"
+                        }
+                        ShareVerdict::Rejected(e) => {
+                            tracing::warn!(pool = %url, worker = ?worker, code = e.code.0, reason = %e.message, "backup pool rejected a share");
+                            "rejected"
+                        }
+                        ShareVerdict::TimedOut => "timeout",
+                    };
+                    metrics::counter!("quarry_edge_fallback_shares_total", "result" => result)
+                        .increment(1);
+                }
+                UpstreamEvent::Ignored { reason } => {
+                    tracing::debug!(pool = %url, %reason, "backup pool line ignored")
+                }
+            },
+        }
+    }
+
+    /// Publishes the backup pool's newest job, when miners should work on it.
+    fn publish_backup(&mut self, force_clean: bool, now: Instant) {
+        let Some(b) = &mut self.backup else {
+            return;
+        };
+        if !b.work.has_job() {
+            return;
+        }
+        let Some(first) = b.state.backup_job(now) else {
+            return;
+        };
+        if first {
+            metrics::gauge!("quarry_edge_fallback_active").set(1.0);
+            metrics::counter!("quarry_edge_fallback_activations_total").increment(1);
+            tracing::warn!(after = ?b.cfg.after, pool = %b.cfg.connect.url,
+                "core unreachable: miners now work for the backup pool (their shares there are not credited by the core)");
+        }
+        if let Some(entry) = b.work.translate_last(first || force_clean, now) {
+            tracing::debug!(job = %entry.job.id, clean = entry.job.clean_jobs, "publishing a backup pool job");
+            self.server.publish(Arc::new(entry));
+        }
+    }
+
+    /// A share on a backup-pool job: to the pool if it meets its target.
+    fn on_backup_share(&mut self, s: &crate::share::ShareRecord, block: bool) {
+        let data = to_wire(s);
+        let Some(b) = &mut self.backup else {
+            metrics::counter!("quarry_edge_fallback_shares_total", "result" => "not_forwarded")
+                .increment(1);
+            return;
+        };
+        let result = match b.work.forward(&data, s.achieved) {
+            Ok(up) => match &b.conn {
+                Some(c) => {
+                    let ticket = b.next_ticket;
+                    b.next_ticket += 1;
+                    if c.submit(ticket, up) {
+                        b.tickets.insert(ticket, s.worker.clone());
+                        "forwarded"
+                    } else {
+                        "not_forwarded"
+                    }
+                }
+                None => "not_forwarded",
+            },
+            Err(relay::upstream::translate::ForwardError::BelowTarget { .. }) if !block => {
+                "below_target"
+            }
+            Err(e) => {
+                tracing::debug!(job = %s.job_id, error = %e, "share not forwarded to the backup pool");
+                "not_forwarded"
+            }
+        };
+        metrics::counter!("quarry_edge_fallback_shares_total", "result" => result).increment(1);
+    }
+
     /// Sends one message on its own unidirectional stream (fire and forget: the ack, not the
     /// stream, says it arrived).
     fn send_stream(&mut self, bytes: Vec<u8>, urgent: bool) {
@@ -677,6 +1000,110 @@ impl Uplink {
             }
         });
     }
+}
+
+impl Backup {
+    /// Closes the connection now (its events are ignored from here on).
+    fn disconnect(&mut self, why: &str) {
+        if let Some(c) = self.conn.take() {
+            tracing::info!(pool = %self.cfg.connect.url, why, "closing the backup pool connection");
+            drop(c);
+        }
+        self.tag = None;
+        self.settle_tickets();
+    }
+
+    /// The pool cannot be used as it is: close, and retry after the backoff.
+    fn fail(&mut self, why: &str, now: Instant) {
+        tracing::error!(pool = %self.cfg.connect.url, error = why, "backup pool unusable; retrying later");
+        self.disconnect(why);
+        self.state.backup_closed(now, rand_unit());
+    }
+
+    /// Forwarded shares that will never be answered.
+    fn settle_tickets(&mut self) {
+        let n = self.tickets.len() as u64;
+        self.tickets.clear();
+        if n > 0 {
+            metrics::counter!("quarry_edge_fallback_shares_total", "result" => "lost").increment(n);
+        }
+    }
+}
+
+fn register_fallback_metrics() {
+    metrics::describe_gauge!(
+        "quarry_edge_fallback_active",
+        "1 while miners work on the backup pool's jobs (the core unreachable too long)"
+    );
+    metrics::describe_counter!(
+        "quarry_edge_fallback_shares_total",
+        "shares on backup-pool jobs: forwarded, below_target, not_forwarded, then the pool's accepted, stale, rejected, timeout, lost"
+    );
+    metrics::describe_counter!(
+        "quarry_edge_fallback_activations_total",
+        "times miners were moved to the backup pool"
+    );
+    metrics::gauge!("quarry_edge_fallback_active").set(0.0);
+}
+
+/// Dials the shards in order until one answers our Hello with a Welcome.
+async fn dial(
+    endpoint: &quinn::Endpoint,
+    order: Vec<CoreEndpoint>,
+    hello: Bytes,
+) -> anyhow::Result<Dialed> {
+    let mut last_err = anyhow::anyhow!("no core endpoints configured");
+    for ep in order {
+        match dial_one(endpoint, ep.clone(), &hello).await {
+            Ok(d) => return Ok(d),
+            Err(e) => {
+                tracing::warn!(core = %ep.name, error = %format!("{e:#}"), "uplink: shard unavailable, trying the next");
+                last_err = e;
+            }
+        }
+    }
+    Err(last_err)
+}
+
+async fn dial_one(
+    endpoint: &quinn::Endpoint,
+    ep: CoreEndpoint,
+    hello: &[u8],
+) -> anyhow::Result<Dialed> {
+    let connecting = endpoint.connect(ep.addr, &ep.server_name)?;
+    let conn = tokio::time::timeout(Duration::from_secs(10), connecting).await??;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(hello).await?;
+    let mut buf = BytesMut::new();
+    // The handshake completes before the core has judged our certificate: only a Welcome
+    // proves the link is up.
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(f) = ControlFrame::take_from(&mut buf)? {
+                return Ok::<ControlFrame, anyhow::Error>(f);
+            }
+            let mut chunk = [0u8; 4096];
+            match recv.read(&mut chunk).await? {
+                Some(n) => buf.extend_from_slice(&chunk[..n]),
+                None => anyhow::bail!("core closed the control stream before Welcome"),
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no Welcome within 10 s"))??;
+    let welcome = match first {
+        ControlFrame::Welcome(w) => w,
+        ControlFrame::Error(e) => anyhow::bail!("core refused us: [{}] {}", e.code, e.message),
+        other => anyhow::bail!("expected Welcome, got {other:?}"),
+    };
+    Ok(Dialed {
+        ep,
+        conn,
+        send,
+        recv,
+        buf,
+        welcome,
+    })
 }
 
 fn send_frame(link: &mut Option<Link>, f: &ControlFrame) -> anyhow::Result<()> {

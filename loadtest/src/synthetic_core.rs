@@ -70,6 +70,10 @@ pub struct SyntheticJobs {
     jobs: Mutex<VecDeque<Arc<PoolJob>>>,
     subscribers: Mutex<Vec<Sender<Arc<PoolJob>>>>,
     next_seq: AtomicU64,
+    /// Added to the job counter in job ids: a restarted synthetic core must not reuse the ids
+    /// of its previous run (replayed shares would be judged against the wrong jobs), just as
+    /// the real job manager's ids start from the clock.
+    id_base: u64,
     template: Arc<BlockTemplate>,
     blocks_log: Option<Mutex<std::fs::File>>,
     pub submitted: AtomicU64,
@@ -116,6 +120,7 @@ impl SyntheticJobs {
             jobs: Mutex::new(VecDeque::new()),
             subscribers: Mutex::new(Vec::new()),
             next_seq: AtomicU64::new(1),
+            id_base: unix_us() / 1000,
             template: Arc::new(empty_template(nbits, 1_000_000)),
             blocks_log,
             submitted: AtomicU64::new(0),
@@ -128,20 +133,18 @@ impl SyntheticJobs {
         let clean = seq % 4 == 1;
         let height = 1_000_000 + (seq / 4) as u32;
         let ntime = (unix_us() / 1_000_000) as u32;
-        let mut job = synthetic_job(seq, height, clean, ntime);
-        if job.nbits != self.nbits {
-            job = relay::work::Job::new(
-                job.id,
-                job.prev_hash,
-                job.coinb1,
-                job.coinb2,
-                job.merkle_branch,
-                job.version,
-                self.nbits,
-                job.ntime,
-                job.clean_jobs,
-            );
-        }
+        let job = synthetic_job(seq, height, clean, ntime);
+        let job = relay::work::Job::new(
+            JobId::from_counter(self.id_base + seq),
+            job.prev_hash,
+            job.coinb1,
+            job.coinb2,
+            job.merkle_branch,
+            job.version,
+            self.nbits,
+            job.ntime,
+            job.clean_jobs,
+        );
         let pool_job = Arc::new(PoolJob {
             network_target: Target::from_compact(self.nbits).unwrap_or(Target::MAX),
             job,

@@ -19,7 +19,7 @@ use edge::server::{ServerConfig, ServerHandle};
 use edge::session::SessionConfig;
 use edge::share::ShareEvent;
 use edge::vardiff::VardiffConfig;
-use relay::work::{CompactTarget, Difficulty, Job, JobId, PrevHash};
+use relay::work::{CompactTarget, Difficulty, ExtranonceLayout, Job, JobId, PrevHash, VersionMask};
 use relay::{sha256d, Hash256, PowAlgorithm};
 use std::io;
 use std::net::SocketAddr;
@@ -48,6 +48,11 @@ pub struct SyntheticPoolConfig {
     pub job_interval: Duration,
     /// Every this many jobs, one with `clean_jobs` (a new block).
     pub clean_every: u64,
+    /// Bytes of extranonce2 each connection rolls (4 for ordinary miners; a proxy or an edge
+    /// mining through this pool for its own miners needs 8).
+    pub extranonce2_size: usize,
+    /// The version-rolling mask the pool grants (BIP310).
+    pub version_mask: VersionMask,
 }
 
 impl SyntheticPoolConfig {
@@ -61,6 +66,8 @@ impl SyntheticPoolConfig {
             max_connections: 19_000,
             job_interval: Duration::from_secs(30),
             clean_every: 4,
+            extranonce2_size: 4,
+            version_mask: VersionMask::BIP320,
         }
     }
 
@@ -75,6 +82,8 @@ impl SyntheticPoolConfig {
             max_connections_per_ip: self.max_connections,
             session: SessionConfig {
                 algorithm: self.algorithm,
+                extranonce2_size: self.extranonce2_size,
+                version_mask: self.version_mask,
                 start_difficulty: d,
                 vardiff: VardiffConfig {
                     min: d,
@@ -82,6 +91,10 @@ impl SyntheticPoolConfig {
                     ..VardiffConfig::default()
                 },
                 ..SessionConfig::default()
+            },
+            layout: ExtranonceLayout {
+                extranonce2_len: self.extranonce2_size,
+                ..ExtranonceLayout::default()
             },
             ..ServerConfig::default()
         }

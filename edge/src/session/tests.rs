@@ -543,3 +543,129 @@ fn suggest_difficulty_sets_the_starting_difficulty_within_bounds() {
         r#"{"id":null,"method":"mining.set_difficulty","params":[1000.0]}"#
     );
 }
+
+fn job_with_mask(id: u64, prev: u8, mask: Option<VersionMask>) -> Arc<JobEntry> {
+    let base = job(id, prev, true, HARD_BITS);
+    Arc::new(JobEntry::new(base.job.clone(), None, Instant::now()).with_version_mask(mask))
+}
+
+fn submit_bits(id: u32, job: &str, nonce: u32, bits: u32) -> String {
+    format!(
+        r#"{{"id":{id},"method":"mining.submit","params":["acct.rig1","{job}","00000001","5e9a0b0c","{nonce:08x}","{bits:08x}"]}}"#
+    )
+}
+
+#[test]
+fn a_job_with_a_narrower_upstream_mask_sends_set_version_mask_before_its_notify() {
+    let mut r = Rig::new(cfg());
+    r.send(
+        r#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"1fffe000","version-rolling.min-bit-count":2}]}"#,
+    );
+    let first = r.login();
+    assert!(
+        !first.iter().any(|l| l.contains("set_version_mask")),
+        "no upstream limit, no notification: {first:?}"
+    );
+    let narrow = job_with_mask(2, 2, Some(VersionMask(0x00ff_e000)));
+    let lines = r.publish(narrow.clone());
+    assert_eq!(
+        lines,
+        vec![
+            r#"{"id":null,"method":"mining.set_version_mask","params":["00ffe000"]}"#.to_string(),
+            narrow.notify_line.trim_end().to_string(),
+        ]
+    );
+    // Bits inside the narrower mask are fine.
+    let bits = 0x00a0_6000;
+    let nonce = r.find_nonce(
+        &narrow,
+        0x2000_0000 | bits,
+        target_of(1.0 / 16_777_216.0),
+        None,
+    );
+    assert_eq!(
+        r.send(&submit_bits(7, "2", nonce, bits)),
+        vec![r#"{"id":7,"result":true,"error":null}"#]
+    );
+    // A bit the miner was granted at configure but the upstream does not allow is refused.
+    let nonce = r.find_nonce(
+        &narrow,
+        0x2000_0000 | 0x1000_0000,
+        target_of(1.0 / 16_777_216.0),
+        None,
+    );
+    assert_eq!(
+        r.send(&submit_bits(8, "2", nonce, 0x1000_0000)),
+        vec![
+            r#"{"id":8,"result":null,"error":[20,"Invalid share: version bits 10000000 touch bits outside the allowed mask 00ffe000",null]}"#
+        ]
+    );
+    // Back to work without a limit: the full grant is announced again.
+    let free = job_with_mask(3, 3, None);
+    let lines = r.publish(free.clone());
+    assert_eq!(
+        lines,
+        vec![
+            r#"{"id":null,"method":"mining.set_version_mask","params":["1fffe000"]}"#.to_string(),
+            free.notify_line.trim_end().to_string(),
+        ]
+    );
+    let nonce = r.find_nonce(
+        &free,
+        0x2000_0000 | 0x1000_0000,
+        target_of(1.0 / 16_777_216.0),
+        None,
+    );
+    assert_eq!(
+        r.send(&submit_bits(9, "3", nonce, 0x1000_0000)),
+        vec![r#"{"id":9,"result":true,"error":null}"#]
+    );
+}
+
+#[test]
+fn an_upstream_mask_as_wide_as_the_grant_sends_no_notification() {
+    let mut r = Rig::new(cfg());
+    r.send(
+        r#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"00ffe000"}]}"#,
+    );
+    r.login();
+    let j = job_with_mask(2, 2, Some(VersionMask::BIP320));
+    assert_eq!(
+        r.publish(j.clone()),
+        vec![j.notify_line.trim_end().to_string()]
+    );
+}
+
+#[test]
+fn a_miner_rolling_without_configure_is_held_to_the_upstream_mask_without_a_notification() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let j = job_with_mask(2, 2, Some(VersionMask(0x0000_e000)));
+    // BIP310: set_version_mask only goes to miners that negotiated version rolling.
+    assert_eq!(
+        r.publish(j.clone()),
+        vec![j.notify_line.trim_end().to_string()]
+    );
+    let nonce = r.find_nonce(
+        &j,
+        0x2000_0000 | 0x0001_0000,
+        target_of(1.0 / 16_777_216.0),
+        None,
+    );
+    assert_eq!(
+        r.send(&submit_bits(7, "2", nonce, 0x0001_0000)),
+        vec![
+            r#"{"id":7,"result":null,"error":[20,"Invalid share: version bits 00010000 touch bits outside the allowed mask 0000e000",null]}"#
+        ]
+    );
+    let nonce = r.find_nonce(
+        &j,
+        0x2000_0000 | 0x0000_2000,
+        target_of(1.0 / 16_777_216.0),
+        None,
+    );
+    assert_eq!(
+        r.send(&submit_bits(8, "2", nonce, 0x0000_2000)),
+        vec![r#"{"id":8,"result":true,"error":null}"#]
+    );
+}

@@ -12,7 +12,7 @@
 use super::codec::{put_var_bytes, Reader, WireError};
 use super::MAX_FRAME_LEN;
 use crate::work::extranonce::MAX_EXTRANONCE_LEN;
-use crate::work::{CompactTarget, Extranonce, Job, JobId, PrevHash, Target};
+use crate::work::{CompactTarget, Extranonce, Job, JobId, PrevHash, Target, VersionMask};
 use crate::Hash256;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::fmt;
@@ -138,6 +138,11 @@ pub struct JobMsg {
     pub job: Job,
     /// In proxy mining, the upstream pool's share target: shares meeting it are forwarded.
     pub upstream_target: Option<Target>,
+    /// In proxy mining, the version bits the upstream lets us roll (BIP310): miners' masks are
+    /// narrowed to it, so no share rolls a bit the upstream would reject. `None`: no limit
+    /// beyond the edge's own mask. The last field of the frame; a frame without it (a core
+    /// from before it existed) reads as `None`.
+    pub version_mask: Option<VersionMask>,
 }
 
 /// Core → edge: every batch with sequence ≤ `through_seq` in `epoch` is durable in the journal,
@@ -291,6 +296,13 @@ impl ControlFrame {
                         out.put_slice(&t.to_le_bytes());
                     }
                 }
+                match m.version_mask {
+                    None => out.put_u8(0),
+                    Some(mask) => {
+                        out.put_u8(1);
+                        out.put_u32_le(mask.0);
+                    }
+                }
             }
             ControlFrame::Ack(a) => {
                 out.put_u64_le(a.epoch);
@@ -421,6 +433,11 @@ impl ControlFrame {
                 } else {
                     None
                 };
+                let version_mask = if r.remaining() > 0 && r.option_tag("job.version_mask")? {
+                    Some(VersionMask(r.u32("job.version_mask")?))
+                } else {
+                    None
+                };
                 r.finish("job")?;
                 ControlFrame::Job(Box::new(JobMsg {
                     job: Job::new(
@@ -435,6 +452,7 @@ impl ControlFrame {
                         clean_jobs,
                     ),
                     upstream_target,
+                    version_mask,
                 }))
             }
             T_ACK => {

@@ -1,5 +1,7 @@
 use super::*;
-use crate::work::{CompactTarget, Difficulty, Extranonce, Job, JobId, PrevHash, Target};
+use crate::work::{
+    CompactTarget, Difficulty, Extranonce, Job, JobId, PrevHash, Target, VersionMask,
+};
 use crate::Hash256;
 use bytes::BytesMut;
 use proptest::prelude::*;
@@ -233,6 +235,56 @@ fn take_from_waits_for_a_whole_frame_then_yields_each_in_turn() {
     assert!(buf.is_empty());
 }
 
+fn sample_job_frame(version_mask: Option<VersionMask>) -> ControlFrame {
+    ControlFrame::Job(Box::new(JobMsg {
+        job: Job::new(
+            JobId::new("6a1f"),
+            PrevHash(Hash256([7; 32])),
+            vec![1, 2, 3],
+            vec![4, 5],
+            vec![[9; 32]],
+            0x2000_0000,
+            CompactTarget(0x1d00_ffff),
+            1_700_000_000,
+            true,
+        ),
+        upstream_target: Some(Target::MAX),
+        version_mask,
+    }))
+}
+
+#[test]
+fn a_job_carries_the_upstreams_version_mask_as_its_last_field() {
+    let with = sample_job_frame(Some(VersionMask(0x00ff_e000)))
+        .to_bytes()
+        .unwrap();
+    let without = sample_job_frame(None).to_bytes().unwrap();
+    // Tag byte plus the mask, little-endian, at the very end.
+    assert_eq!(with.len(), without.len() + 4);
+    assert_eq!(&with[with.len() - 5..], &[1, 0x00, 0xe0, 0xff, 0x00]);
+    assert_eq!(without[without.len() - 1], 0);
+    assert_eq!(
+        ControlFrame::decode(&with).unwrap(),
+        sample_job_frame(Some(VersionMask(0x00ff_e000)))
+    );
+}
+
+#[test]
+fn a_job_from_a_core_without_the_mask_field_reads_as_no_mask() {
+    let new = sample_job_frame(None).to_bytes().unwrap();
+    // The frame as older cores sent it: no mask tag at the end, length prefix one less.
+    let mut old = BytesMut::from(&new[..new.len() - 1]);
+    let len = (old.len() - 4) as u32;
+    old[..4].copy_from_slice(&len.to_le_bytes());
+    assert_eq!(ControlFrame::decode(&old).unwrap(), sample_job_frame(None));
+    // A tag that promises a mask must deliver it.
+    let mut cut = BytesMut::from(&new[..]);
+    let last = cut.len() - 1;
+    cut[last] = 1;
+    let e = ControlFrame::decode(&cut).unwrap_err().to_string();
+    assert!(e.contains("job.version_mask"), "{e}");
+}
+
 #[test]
 fn edge_ids_refuse_separators_and_overlong_names() {
     assert!(EdgeId::new("farm-3.rack:7").is_ok());
@@ -316,12 +368,18 @@ fn control_frame() -> impl Strategy<Value = ControlFrame> {
                     },
                 })
             }),
-        (job(), prop::option::of(any::<[u8; 32]>())).prop_map(|(job, t)| {
-            ControlFrame::Job(Box::new(JobMsg {
-                job,
-                upstream_target: t.map(Target::from_le_bytes),
-            }))
-        }),
+        (
+            job(),
+            prop::option::of(any::<[u8; 32]>()),
+            prop::option::of(any::<u32>())
+        )
+            .prop_map(|(job, t, mask)| {
+                ControlFrame::Job(Box::new(JobMsg {
+                    job,
+                    upstream_target: t.map(Target::from_le_bytes),
+                    version_mask: mask.map(VersionMask),
+                }))
+            }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(epoch, through_seq)| ControlFrame::Ack(Ack { epoch, through_seq })),
         any::<u64>().prop_map(|nonce| ControlFrame::Ping { nonce }),

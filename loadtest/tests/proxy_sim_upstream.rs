@@ -21,6 +21,26 @@ const MINER_DIFFICULTY: f64 = 1.0 / (1u64 << 30) as f64;
 /// The upstream's: 64 times harder, so one share in ~64 is forwarded.
 const UPSTREAM_DIFFICULTY: f64 = 1.0 / (1u64 << 24) as f64;
 
+/// The tests share two cores: one at a time, so their timings mean something.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Upstream rejects other than stale races (a share in flight while the upstream's new block
+/// was on its way to us: no proxy can avoid those, and they must stay rare).
+fn assert_no_rejects_but_rare_stale_races(what: &str, s: &loadtest::sim_pool::SimPoolStats) {
+    let stale = s.rejected.get("stale").copied().unwrap_or(0);
+    let others: u64 = s.rejected.values().sum::<u64>() - stale;
+    assert_eq!(others, 0, "{what} rejected valid work: {:?}", s.rejected);
+    assert!(
+        stale * 200 <= s.accepted.max(1),
+        "{what}: {stale} stale rejects for {} accepted",
+        s.accepted
+    );
+}
+
 fn sim_pool(difficulty: f64) -> SimPoolHandle {
     let mut cfg = SimPoolConfig::new("127.0.0.1:0".parse().unwrap());
     cfg.algorithm = PowAlgorithm::Sha256d;
@@ -94,6 +114,7 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Durat
 
 #[test]
 fn upstream_accepts_match_hashrate_and_difficulty_and_nothing_valid_is_rejected() {
+    let _serial = serial();
     let dir = fresh_dir("quarry-it-proxy-accepts");
     let pool = sim_pool(UPSTREAM_DIFFICULTY);
     let proxy = proxy(
@@ -133,7 +154,7 @@ fn upstream_accepts_match_hashrate_and_difficulty_and_nothing_valid_is_rejected(
         "upstream accepted {} shares, the hashrate predicts {expected:.0} ± {sigma:.0}",
         up.accepted
     );
-    assert!(up.rejected.is_empty(), "upstream rejected valid work: {:?}", up.rejected);
+    assert_no_rejects_but_rare_stale_races("the upstream", &up);
     assert_eq!(stats.shares.unexpected_rejects, 0, "{stats}");
     // Every valid share is still credited locally.
     let credited = proxy.metric("quarry_core_shares_credited_total").unwrap();
@@ -152,6 +173,7 @@ fn upstream_accepts_match_hashrate_and_difficulty_and_nothing_valid_is_rejected(
 
 #[test]
 fn a_killed_upstream_fails_over_at_once_and_work_returns_after_failback() {
+    let _serial = serial();
     let dir = fresh_dir("quarry-it-proxy-failover");
     let primary = sim_pool(UPSTREAM_DIFFICULTY);
     let primary_addr = primary.local_addr();
@@ -178,11 +200,16 @@ fn a_killed_upstream_fails_over_at_once_and_work_returns_after_failback() {
     // The primary comes back on its port; after failback_secs (3 s) work returns to it.
     let primary = sim_pool_at(primary_addr, UPSTREAM_DIFFICULTY);
     let back = Instant::now();
-    let failback = wait_until("shares at the returned primary", Duration::from_secs(30), || {
-        primary.stats().accepted >= 3
-    });
+    let failback = wait_until(
+        "shares at the returned primary",
+        Duration::from_secs(30),
+        || primary.stats().accepted >= 3,
+    );
     eprintln!("failback: first share at the returned primary {failback:?} after its restart");
-    assert!(back.elapsed() >= Duration::from_secs(3), "failback before the hold time");
+    assert!(
+        back.elapsed() >= Duration::from_secs(3),
+        "failback before the hold time"
+    );
     let at_backup = backup.stats().accepted;
     std::thread::sleep(Duration::from_secs(3));
     // Only stragglers (answers in flight) may still reach the backup.
@@ -193,10 +220,15 @@ fn a_killed_upstream_fails_over_at_once_and_work_returns_after_failback() {
     let stats = m.finish();
     assert_eq!(stats.disconnects, 0, "no miner was disconnected: {stats}");
     assert_eq!(stats.shares.unexpected_rejects, 0, "{stats}");
-    assert!(backup.stats().rejected.is_empty(), "{:?}", backup.stats().rejected);
-    assert!(primary.stats().rejected.is_empty(), "{:?}", primary.stats().rejected);
-    let failovers = proxy.metric("quarry_core_upstream_failovers_total").unwrap();
-    assert!(failovers >= 2.0, "failover and failback counted: {failovers}");
+    assert_no_rejects_but_rare_stale_races("the backup", &backup.stats());
+    assert_no_rejects_but_rare_stale_races("the primary", &primary.stats());
+    let failovers = proxy
+        .metric("quarry_core_upstream_failovers_total")
+        .unwrap();
+    assert!(
+        failovers >= 2.0,
+        "failover and failback counted: {failovers}"
+    );
     proxy.stop();
     backup.shutdown();
     primary.shutdown();
@@ -205,6 +237,7 @@ fn a_killed_upstream_fails_over_at_once_and_work_returns_after_failback() {
 
 #[test]
 fn a_70_30_split_sends_70_percent_of_the_work_to_the_first_upstream() {
+    let _serial = serial();
     let dir = fresh_dir("quarry-it-proxy-split");
     let a = sim_pool(UPSTREAM_DIFFICULTY);
     let b = sim_pool(UPSTREAM_DIFFICULTY);
@@ -231,7 +264,8 @@ fn a_70_30_split_sends_70_percent_of_the_work_to_the_first_upstream() {
         (share_a - 0.70).abs() <= 0.08,
         "a got {share_a:.3} of the work, configured 0.70"
     );
-    assert!(sa.rejected.is_empty() && sb.rejected.is_empty());
+    assert_no_rejects_but_rare_stale_races("a", &sa);
+    assert_no_rejects_but_rare_stale_races("b", &sb);
     proxy.stop();
     a.shutdown();
     b.shutdown();

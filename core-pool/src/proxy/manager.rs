@@ -91,6 +91,9 @@ struct Slot {
     last_job: Option<Job>,
     /// The next job must be published clean (the extranonce changed).
     force_clean: bool,
+    /// The previous-block hash of the upstream's newest job: shares on jobs of another one are
+    /// stale to the upstream and are not forwarded into a sure reject.
+    tip: Option<relay::work::PrevHash>,
     backoff: Backoff,
     retry_at: Option<Instant>,
     alarm: RejectAlarm,
@@ -148,6 +151,7 @@ pub(super) fn run(
             difficulty: None,
             last_job: None,
             force_clean: false,
+            tip: None,
             backoff: Backoff::new(cfg.retry_min, cfg.retry_max),
             retry_at: Some(now),
             alarm: RejectAlarm::new(cfg.reject_alarm_after, Duration::from_secs(600)),
@@ -364,13 +368,13 @@ impl Manager {
             }
             UpstreamEvent::Job(job) => {
                 let s = &mut self.slots[i];
-                if s.ready.is_none() {
-                    // Jobs before the handshake finished are resent by pools after authorize.
-                    s.last_job = Some(job);
-                    return;
-                }
+                s.tip = Some(job.prev_hash);
+                let ready = s.ready.is_some();
                 s.last_job = Some(job);
-                self.on_job(i, now);
+                // A job before the handshake finished waits for Ready, which publishes it.
+                if ready {
+                    self.on_job(i, now);
+                }
             }
             UpstreamEvent::Difficulty(d) => {
                 let name = self.name(i).to_string();
@@ -580,6 +584,7 @@ impl Manager {
             ForwardError::VersionMask { .. } => "version_mask",
             ForwardError::BelowTarget { .. } => "below_target",
             ForwardError::Duplicate => "duplicate",
+            ForwardError::Stale => "stale",
         };
         metrics::counter!("quarry_core_upstream_not_forwarded_total", "reason" => key).increment(1);
         self.stats(|st| *st.not_forwarded.entry(key.into()).or_default() += 1);
@@ -608,6 +613,9 @@ impl Manager {
         let s = &self.slots[i];
         if s.generation != origin.work.generation || s.ready.is_none() {
             return self.not_forwarded(&ForwardError::OldConnection, reply);
+        }
+        if s.tip.is_some_and(|t| t != job.job.prev_hash) {
+            return self.not_forwarded(&ForwardError::Stale, reply);
         }
         // The stricter of the target the job was issued with and the upstream's current one:
         // a share is never forwarded into a low-difficulty reject.

@@ -210,7 +210,7 @@ impl State {
     fn next_job(&mut self) -> Arc<SimJob> {
         self.seq += 1;
         let clean = self.seq == 1
-            || self.seq % self.cfg.clean_every.max(1) == 0
+            || self.seq.is_multiple_of(self.cfg.clean_every.max(1))
             || std::mem::take(&mut self.force_clean);
         if clean {
             self.height += 1;
@@ -534,7 +534,9 @@ fn serve(
         }
         while let Some(line) = framer.next_line() {
             let Ok(line) = line else {
-                out.extend_from_slice(b"{\"id\":null,\"result\":null,\"error\":[20,\"Line too long\",null]}\n");
+                out.extend_from_slice(
+                    b"{\"id\":null,\"result\":null,\"error\":[20,\"Line too long\",null]}\n",
+                );
                 continue;
             };
             let at = Instant::now();

@@ -126,10 +126,7 @@ impl SimSession {
             ClientRequest::Subscribe { .. } => {
                 self.subscribed = true;
                 let sub = json!([
-                    [
-                        ["mining.set_difficulty", "sim"],
-                        ["mining.notify", "sim"]
-                    ],
+                    [["mining.set_difficulty", "sim"], ["mining.notify", "sim"]],
                     self.extranonce1.to_hex(),
                     view.extranonce2_size
                 ]);

@@ -77,6 +77,8 @@ pub enum ForwardError {
     BelowTarget { achieved: f64, needed: f64 },
     #[error("already forwarded")]
     Duplicate,
+    #[error("the upstream has moved to a new block since the job was issued")]
+    Stale,
 }
 
 /// The upstream submit for one of our shares on a job of `origin`.

@@ -271,3 +271,80 @@ fn a_70_30_split_sends_70_percent_of_the_work_to_the_first_upstream() {
     b.shutdown();
     remove_dir(&dir);
 }
+
+#[test]
+fn an_upstream_that_silently_narrows_its_mask_raises_the_alarm_and_is_resubscribed() {
+    let _serial = serial();
+    let dir = fresh_dir("quarry-it-proxy-alarm");
+    let pool = sim_pool(UPSTREAM_DIFFICULTY);
+    let proxy = proxy(
+        &dir,
+        vec![UpstreamEntry::tcp("sim", pool.local_addr(), "farm.proxy")],
+        "failover",
+    );
+    // ASIC-like miners roll version bits (mask 1fffe000).
+    let mut cfg = RunConfig::new(
+        StratumUrl {
+            host: "127.0.0.1".into(),
+            port: proxy.stratum.port(),
+        },
+        4,
+        PowAlgorithm::Sha256d,
+    );
+    cfg.profile = ProfileChoice::Fixed(loadtest::miner::client::Profile::Asic);
+    cfg.hashrate = 2_000.0;
+    cfg.user = "farm.rig".into();
+    cfg.duration = None;
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || miner::run(&cfg, stop, |_| {}).expect("miners run"))
+    };
+    let m = Miners { stop, thread };
+    wait_until("accepted upstream shares", Duration::from_secs(30), || {
+        pool.stats().accepted >= 20
+    });
+    // The pool now allows only bits 13-14 and tells nobody: every rolled share outside them
+    // is rejected. The proxy must notice within seconds and resubscribe (getting the new mask).
+    pool.set_version_mask_silently(relay::work::VersionMask(0x0000_6000));
+    let changed = Instant::now();
+    let noticed = wait_until("the alarm", Duration::from_secs(30), || {
+        proxy
+            .metric("quarry_core_upstream_alarms_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    });
+    eprintln!("wholesale rejects noticed {noticed:?} after the silent mask change");
+    wait_until("a resubscription", Duration::from_secs(30), || {
+        pool.stats().connections_total >= 2
+    });
+    let rejected_at_resub: u64 = pool.stats().rejected.values().sum();
+    let accepted_at_resub = pool.stats().accepted;
+    wait_until("accepts after the resubscription", Duration::from_secs(30), || {
+        pool.stats().accepted >= accepted_at_resub + 20
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let after = pool.stats();
+    let stats = m.finish();
+    eprintln!(
+        "silent mask change: {:?} to recover; rejects {:?}; miners {stats}",
+        changed.elapsed(),
+        after.rejected
+    );
+    assert!(
+        after.rejected.get("bad-version-bits").copied().unwrap_or(0) >= 5,
+        "the pool did reject the wide rolls: {:?}",
+        after.rejected
+    );
+    // Once resubscribed, with the narrower mask passed on to the miners, nothing more is
+    // rejected (at most answers already in flight).
+    let rejected_now: u64 = after.rejected.values().sum();
+    assert!(
+        rejected_now <= rejected_at_resub + 8,
+        "rejects went on after resubscribing: {rejected_at_resub} -> {rejected_now}"
+    );
+    assert_eq!(stats.shares.unexpected_rejects, 0, "{stats}");
+    proxy.stop();
+    pool.shutdown();
+    remove_dir(&dir);
+}

@@ -49,6 +49,8 @@ pub struct ProxyCoreOptions {
     pub min_difficulty: f64,
     /// Pin vardiff at the start difficulty (load tests control the share rate exactly).
     pub fixed_difficulty: bool,
+    /// Run the edge gateway too (an operator PKI is made in `dir/pki`).
+    pub gateway: bool,
 }
 
 impl ProxyCoreOptions {
@@ -64,6 +66,7 @@ impl ProxyCoreOptions {
             start_difficulty: 1e-5,
             min_difficulty: 1e-7,
             fixed_difficulty: false,
+            gateway: false,
         }
     }
 }
@@ -71,6 +74,8 @@ impl ProxyCoreOptions {
 /// A running proxy core.
 pub struct ProxyCore {
     pub process: ManagedProcess,
+    /// The QUIC gateway for edges, when asked for.
+    pub gateway: Option<SocketAddr>,
     pub stratum: SocketAddr,
     pub metrics: SocketAddr,
     pub config: PathBuf,
@@ -82,11 +87,21 @@ impl ProxyCore {
         let stratum: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let config = o.dir.join("proxy-core.toml");
-        std::fs::write(&config, config_text(o, stratum, metrics))?;
+        let mut text = config_text(o, stratum, metrics);
+        let gateway = if o.gateway {
+            let gw: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+            crate::stack::make_pki(&o.dir.join("pki"))?;
+            text.push_str(&crate::stack::gateway_config_text(&o.dir, gw));
+            Some(gw)
+        } else {
+            None
+        };
+        std::fs::write(&config, text)?;
         let mut process = spawn_core(&o.dir, &config)?;
         process.wait_for_port(stratum, Duration::from_secs(30))?;
         process.wait_for_port(metrics, Duration::from_secs(10))?;
         Ok(ProxyCore {
+            gateway,
             process,
             stratum,
             metrics,

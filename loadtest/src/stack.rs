@@ -20,6 +20,10 @@ pub struct StackOptions {
     /// 3e-5, so shares at or above it are all blocks.
     pub start_difficulty: f64,
     pub min_difficulty: f64,
+    /// Vardiff ceiling of the edge (set it to `start_difficulty` to pin the difficulty).
+    pub max_difficulty: f64,
+    /// Proof of work of the edge's miners: `scrypt` (the regtest stack) or `sha256d`.
+    pub algorithm: String,
     /// Also run a quarry-edge connected to the core's gateway over QUIC.
     pub edge: bool,
     /// Route the edge's QUIC through this address instead of straight to the gateway (a link
@@ -39,6 +43,8 @@ impl StackOptions {
             pool_tag: "/quarry/".into(),
             start_difficulty: 1e-5,
             min_difficulty: 1e-7,
+            max_difficulty: 1e12,
+            algorithm: "scrypt".into(),
             edge: false,
             edge_uplink_via: None,
             gateway_port: 0,
@@ -283,7 +289,7 @@ fn now_ms() -> u128 {
 }
 
 /// The operator PKI for the stack: CA, core certificate for 127.0.0.1/localhost, edge `farm-1`.
-fn make_pki(dir: &Path) -> anyhow::Result<()> {
+pub fn make_pki(dir: &Path) -> anyhow::Result<()> {
     use relay::quic::certs;
     let ca = certs::generate_ca("Quarry stack CA")?;
     ca.write(dir)?;
@@ -292,7 +298,7 @@ fn make_pki(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn gateway_config_text(dir: &Path, gw: SocketAddr) -> String {
+pub fn gateway_config_text(dir: &Path, gw: SocketAddr) -> String {
     let pki = dir.join("pki");
     format!(
         r#"
@@ -312,7 +318,9 @@ max_batch_delay_ms = 200
     )
 }
 
-fn start_edge(dir: &Path, core: SocketAddr, opts: &StackOptions) -> anyhow::Result<EdgeProc> {
+/// Starts a `quarry-edge` (edge id `farm-1`, the PKI of [`make_pki`] in `dir/pki`) connected to
+/// the gateway at `core`.
+pub fn start_edge(dir: &Path, core: SocketAddr, opts: &StackOptions) -> anyhow::Result<EdgeProc> {
     let stratum: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let pki = dir.join("pki");
@@ -323,7 +331,7 @@ fn start_edge(dir: &Path, core: SocketAddr, opts: &StackOptions) -> anyhow::Resu
             r#"# Written by quarry-loadtest stack.
 [edge]
 id = "farm-1"
-algorithm = "scrypt"
+algorithm = "{algorithm}"
 spool_dir = "{spool}"
 
 [core]
@@ -337,10 +345,13 @@ key = "{key}"
 listen = "{stratum}"
 start_difficulty = {start}
 min_difficulty = {min}
+max_difficulty = {max}
 
 [metrics]
 listen = "{metrics}"
 "#,
+            algorithm = opts.algorithm,
+            max = opts.max_difficulty,
             spool = dir.join("spool").display(),
             ca = pki.join("ca.crt").display(),
             cert = pki.join("farm-1.crt").display(),

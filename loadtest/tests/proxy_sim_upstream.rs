@@ -348,3 +348,92 @@ fn an_upstream_that_silently_narrows_its_mask_raises_the_alarm_and_is_resubscrib
     pool.shutdown();
     remove_dir(&dir);
 }
+
+/// The farm's real shape: miners → quarry-edge (QUIC, batches) → proxying quarry-core →
+/// upstream. Shares meeting the upstream target cross the edge's uplink at once (their batch
+/// does not wait for the batch timer), are forwarded by the core's gateway, and every share is
+/// still credited at the core.
+#[test]
+fn shares_from_an_edge_behind_a_proxying_core_reach_the_upstream() {
+    let _serial = serial();
+    let dir = fresh_dir("quarry-it-proxy-edge");
+    let pool = sim_pool(UPSTREAM_DIFFICULTY);
+    let mut o = ProxyCoreOptions::new(
+        dir.clone(),
+        vec![UpstreamEntry::tcp("sim", pool.local_addr(), "farm.proxy")],
+    );
+    o.algorithm = "sha256d".into();
+    o.start_difficulty = MINER_DIFFICULTY;
+    o.fixed_difficulty = true;
+    o.gateway = true;
+    let proxy = ProxyCore::start(&o).expect("proxy core with gateway starts");
+    let gateway = proxy.gateway.expect("gateway address");
+    let edge = loadtest::stack::start_edge(
+        &dir,
+        gateway,
+        &loadtest::stack::StackOptions {
+            algorithm: "sha256d".into(),
+            start_difficulty: MINER_DIFFICULTY,
+            min_difficulty: MINER_DIFFICULTY,
+            max_difficulty: MINER_DIFFICULTY,
+            ..loadtest::stack::StackOptions::new(dir.clone())
+        },
+    )
+    .expect("edge starts");
+    let mut cfg = RunConfig::new(
+        StratumUrl {
+            host: "127.0.0.1".into(),
+            port: edge.stratum.port(),
+        },
+        4,
+        PowAlgorithm::Sha256d,
+    );
+    cfg.profile = ProfileChoice::Mixed;
+    cfg.hashrate = 2_000.0;
+    cfg.user = "farm.rig".into();
+    cfg.duration = None;
+    // The edge must have the upstream's job before the miners start.
+    wait_until("the upstream connection", Duration::from_secs(20), || {
+        pool.stats().connected >= 1
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread = {
+        let stop = stop.clone();
+        std::thread::spawn(move || miner::run(&cfg, stop, |_| {}).expect("miners run"))
+    };
+    let m = Miners { stop, thread };
+    std::thread::sleep(Duration::from_secs(15));
+    let stats = m.finish();
+    let accepted = stats.shares.accepted;
+    wait_until("every share credited at the core", Duration::from_secs(30), || {
+        proxy.metric("quarry_core_shares_credited_total").unwrap_or(0.0) as u64 >= accepted
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let up = pool.stats();
+    let expected = stats.shares.hashes as f64 / (4_294_967_296.0 * UPSTREAM_DIFFICULTY);
+    let body = loadtest::process::scrape(proxy.metrics).unwrap_or_default();
+    for l in body.lines().filter(|l| {
+        l.starts_with("quarry_core_upstream_not_forwarded")
+            || l.starts_with("quarry_core_upstream_shares_forwarded")
+    }) {
+        eprintln!("{l}");
+    }
+    eprintln!(
+        "edge: upstream accepted {} (expected {expected:.0}), rejected {:?}; miners {stats}",
+        up.accepted, up.rejected
+    );
+    assert!(expected > 100.0, "too little work: {expected}");
+    assert!(
+        (up.accepted as f64 - expected).abs() <= 5.0 * expected.sqrt() + 0.05 * expected,
+        "upstream accepted {}, the hashrate predicts {expected:.0}",
+        up.accepted
+    );
+    assert_no_rejects_but_rare_stale_races("the upstream", &up);
+    assert_eq!(stats.shares.unexpected_rejects, 0, "{stats}");
+    let credited = proxy.metric("quarry_core_shares_credited_total").unwrap() as u64;
+    assert_eq!(credited, accepted, "credited once each at the core");
+    drop(edge);
+    proxy.stop();
+    pool.shutdown();
+    remove_dir(&dir);
+}

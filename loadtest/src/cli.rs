@@ -48,6 +48,52 @@ pub enum Command {
     /// Run a scenario file (loadtest/scenarios/*.toml): start the stack it needs, run it, and
     /// write report.json, summary.txt and throughput.svg.
     Run(RunArgs),
+    /// A simulated large upstream pool (Stratum V1) that verifies every share it receives.
+    SimPool(SimPoolArgs),
+    /// Measure proxy mining: the latency Quarry adds forwarding a share upstream, and the
+    /// failover time, with sim pools in this process and quarry-core (proxy mode) as a child.
+    BenchProxy(BenchProxyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimPoolArgs {
+    #[arg(long, default_value = "127.0.0.1:3333")]
+    pub listen: std::net::SocketAddr,
+    /// stratum+ssl with a self-signed certificate (printed at start, PEM).
+    #[arg(long)]
+    pub tls: bool,
+    #[arg(long, default_value = "sha256d")]
+    pub algorithm: PowAlgorithm,
+    #[arg(long, default_value_t = 1.0)]
+    pub difficulty: f64,
+    #[arg(long, default_value_t = 4)]
+    pub extranonce1_size: usize,
+    #[arg(long, default_value_t = 8)]
+    pub extranonce2_size: usize,
+    /// Seconds between jobs.
+    #[arg(long, default_value_t = 30.0)]
+    pub job_interval: f64,
+    /// Prometheus metrics (quarry_simpool_*) on this address.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Seconds between stats lines (JSON).
+    #[arg(long, default_value_t = 5.0)]
+    pub stats_every: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchProxyArgs {
+    /// Shares in each latency phase.
+    #[arg(long, default_value_t = 3000)]
+    pub shares: usize,
+    /// Shares per second the probe submits.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Failovers (each followed by a failback).
+    #[arg(long, default_value_t = 5)]
+    pub failovers: usize,
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -379,7 +425,77 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::SimPool(args) => match sim_pool(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::from(1)
+            }
+        },
+        Command::BenchProxy(args) => match bench_proxy(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::from(1)
+            }
+        },
     }
+}
+
+fn sim_pool(args: &SimPoolArgs) -> anyhow::Result<()> {
+    use crate::sim_pool::{SimPool, SimPoolConfig};
+    use anyhow::Context;
+    let mut cfg = SimPoolConfig::new(args.listen);
+    cfg.tls = args.tls;
+    cfg.algorithm = args.algorithm;
+    cfg.difficulty =
+        Difficulty::new(args.difficulty).map_err(|e| anyhow::anyhow!("--difficulty: {e}"))?;
+    if !(1..=8).contains(&args.extranonce1_size) {
+        anyhow::bail!("--extranonce1-size {} is outside 1..=8", args.extranonce1_size);
+    }
+    if !(2..=16).contains(&args.extranonce2_size) {
+        anyhow::bail!("--extranonce2-size {} is outside 2..=16", args.extranonce2_size);
+    }
+    cfg.extranonce1_size = args.extranonce1_size;
+    cfg.extranonce2_size = args.extranonce2_size;
+    cfg.job_interval = secs("job-interval", args.job_interval).map_err(anyhow::Error::msg)?;
+    let every = secs("stats-every", args.stats_every).map_err(anyhow::Error::msg)?;
+    if let Some(m) = args.metrics {
+        edge::telemetry::serve_metrics(m)?;
+    }
+    let stop = edge::telemetry::stop_on_signals().context("installing signal handlers")?;
+    let pool = SimPool::start(cfg).with_context(|| format!("listening on {}", args.listen))?;
+    let scheme = if args.tls { "stratum+ssl" } else { "stratum+tcp" };
+    println!("sim-pool listening on {scheme}://{}", pool.local_addr());
+    if let Some(pem) = pool.cert_pem() {
+        println!("{pem}");
+    }
+    let mut next = std::time::Instant::now() + every;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(50));
+        if std::time::Instant::now() >= next {
+            next += every.max(Duration::from_millis(100));
+            println!("{}", serde_json::to_string(&pool.stats())?);
+        }
+    }
+    println!("{}", serde_json::to_string(&pool.stats())?);
+    pool.shutdown();
+    Ok(())
+}
+
+fn bench_proxy(args: &BenchProxyArgs) -> anyhow::Result<()> {
+    let report = crate::bench_proxy::run(&crate::bench_proxy::BenchProxyOptions {
+        shares: args.shares.max(10),
+        rate: args.rate,
+        failovers: args.failovers,
+    })?;
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, json.clone() + "\n")
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", out.display()))?;
+    }
+    println!("{json}");
+    Ok(())
 }
 
 fn synthetic_pool(args: &SyntheticPoolArgs) -> anyhow::Result<()> {

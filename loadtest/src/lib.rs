@@ -6,6 +6,7 @@
 //! The `quarry-loadtest` binary is a thin shell over [`cli`].
 
 pub mod bench_stratum;
+pub mod bench_proxy;
 pub mod bench_uplink;
 pub mod cli;
 pub mod exactly_once;

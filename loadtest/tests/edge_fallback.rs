@@ -197,7 +197,25 @@ fn fallback_shares(body: &str, result: &str) -> f64 {
                 && l.contains(&format!("result=\"{result}\""))
         })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        + 0.0 // an empty sum is -0.0
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.chars().take(220).collect()
 }
 
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
@@ -311,6 +329,20 @@ fn edge_serves_the_backup_pool_while_the_core_is_down_and_returns_without_double
     });
     std::thread::sleep(Duration::from_secs(2));
     let edge_body = scrape(edge_metrics).expect("edge metrics");
+    // The edge's own account of the switches (timestamps for docs/BENCHMARKS.md).
+    let log = std::fs::read_to_string(edge.log_path()).unwrap_or_default();
+    for line in log.lines().filter(|l| {
+        [
+            "uplink lost",
+            "uplink connected",
+            "miners now work for the backup pool",
+            "miners return to its work",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+    }) {
+        println!("edge: {}", strip_ansi(line));
+    }
     edge.stop(Duration::from_secs(10));
     core.stop(Duration::from_secs(10));
     let at_backup = backup.accepted();

@@ -228,7 +228,7 @@ pub fn run(o: &BenchProxyOptions) -> anyhow::Result<BenchProxyReport> {
     opts.failback_secs = 1.0;
     let proxy = ProxyCore::start(&opts)?;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while primary.stats().connected < 2 || backup.stats().connected < 1 {
+    while primary.stats().connections_total < 2 || backup.stats().connected < 1 {
         anyhow::ensure!(Instant::now() < deadline, "the proxy did not connect to both pools");
         std::thread::sleep(Duration::from_millis(50));
     }

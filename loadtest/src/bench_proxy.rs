@@ -159,7 +159,12 @@ impl Probe {
     }
 
     /// Submits at `rate` per second for `count` shares, or until `stop` says so.
-    fn run(&mut self, count: usize, rate: f64, mut stop: impl FnMut(usize) -> bool) -> anyhow::Result<()> {
+    fn run(
+        &mut self,
+        count: usize,
+        rate: f64,
+        mut stop: impl FnMut(usize) -> bool,
+    ) -> anyhow::Result<()> {
         let gap = Duration::from_secs_f64(1.0 / rate.max(1.0));
         let mut next = Instant::now();
         let mut n = 0;
@@ -182,7 +187,11 @@ impl Probe {
 
 /// Matches a pool's arrivals with the probe's sends; the upstream extranonce2 of a forwarded
 /// share ends with the miner's.
-fn latencies(probe: &Probe, pool: &SimPoolHandle, since: Instant) -> anyhow::Result<Histogram<u64>> {
+fn latencies(
+    probe: &Probe,
+    pool: &SimPoolHandle,
+    since: Instant,
+) -> anyhow::Result<Histogram<u64>> {
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for a in pool.take_arrivals() {
         let e2 = a.extranonce2.as_bytes();
@@ -229,7 +238,10 @@ pub fn run(o: &BenchProxyOptions) -> anyhow::Result<BenchProxyReport> {
     let proxy = ProxyCore::start(&opts)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while primary.stats().connections_total < 2 || backup.stats().connected < 1 {
-        anyhow::ensure!(Instant::now() < deadline, "the proxy did not connect to both pools");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the proxy did not connect to both pools"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut probe = Probe::connect(proxy.stratum)?;

@@ -451,10 +451,16 @@ fn sim_pool(args: &SimPoolArgs) -> anyhow::Result<()> {
     cfg.difficulty =
         Difficulty::new(args.difficulty).map_err(|e| anyhow::anyhow!("--difficulty: {e}"))?;
     if !(1..=8).contains(&args.extranonce1_size) {
-        anyhow::bail!("--extranonce1-size {} is outside 1..=8", args.extranonce1_size);
+        anyhow::bail!(
+            "--extranonce1-size {} is outside 1..=8",
+            args.extranonce1_size
+        );
     }
     if !(2..=16).contains(&args.extranonce2_size) {
-        anyhow::bail!("--extranonce2-size {} is outside 2..=16", args.extranonce2_size);
+        anyhow::bail!(
+            "--extranonce2-size {} is outside 2..=16",
+            args.extranonce2_size
+        );
     }
     cfg.extranonce1_size = args.extranonce1_size;
     cfg.extranonce2_size = args.extranonce2_size;
@@ -465,7 +471,11 @@ fn sim_pool(args: &SimPoolArgs) -> anyhow::Result<()> {
     }
     let stop = edge::telemetry::stop_on_signals().context("installing signal handlers")?;
     let pool = SimPool::start(cfg).with_context(|| format!("listening on {}", args.listen))?;
-    let scheme = if args.tls { "stratum+ssl" } else { "stratum+tcp" };
+    let scheme = if args.tls {
+        "stratum+ssl"
+    } else {
+        "stratum+tcp"
+    };
     println!("sim-pool listening on {scheme}://{}", pool.local_addr());
     if let Some(pem) = pool.cert_pem() {
         println!("{pem}");

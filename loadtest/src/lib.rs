@@ -5,8 +5,8 @@
 //! [`stack`] starts the whole local stack (litecoind in regtest, quarry-core) as real processes.
 //! The `quarry-loadtest` binary is a thin shell over [`cli`].
 
-pub mod bench_stratum;
 pub mod bench_proxy;
+pub mod bench_stratum;
 pub mod bench_uplink;
 pub mod cli;
 pub mod exactly_once;

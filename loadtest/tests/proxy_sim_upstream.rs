@@ -320,9 +320,11 @@ fn an_upstream_that_silently_narrows_its_mask_raises_the_alarm_and_is_resubscrib
     });
     let rejected_at_resub: u64 = pool.stats().rejected.values().sum();
     let accepted_at_resub = pool.stats().accepted;
-    wait_until("accepts after the resubscription", Duration::from_secs(30), || {
-        pool.stats().accepted >= accepted_at_resub + 20
-    });
+    wait_until(
+        "accepts after the resubscription",
+        Duration::from_secs(30),
+        || pool.stats().accepted >= accepted_at_resub + 20,
+    );
     std::thread::sleep(Duration::from_secs(2));
     let after = pool.stats();
     let stats = m.finish();
@@ -405,9 +407,16 @@ fn shares_from_an_edge_behind_a_proxying_core_reach_the_upstream() {
     std::thread::sleep(Duration::from_secs(15));
     let stats = m.finish();
     let accepted = stats.shares.accepted;
-    wait_until("every share credited at the core", Duration::from_secs(30), || {
-        proxy.metric("quarry_core_shares_credited_total").unwrap_or(0.0) as u64 >= accepted
-    });
+    wait_until(
+        "every share credited at the core",
+        Duration::from_secs(30),
+        || {
+            proxy
+                .metric("quarry_core_shares_credited_total")
+                .unwrap_or(0.0) as u64
+                >= accepted
+        },
+    );
     std::thread::sleep(Duration::from_secs(1));
     let up = pool.stats();
     let expected = stats.shares.hashes as f64 / (4_294_967_296.0 * UPSTREAM_DIFFICULTY);

@@ -672,7 +672,13 @@ fn record(s: &mut State, judged: Judged, at: Instant, line: &[u8]) {
 
 /// Job `seq` on block `height`: a coinbase with BIP34 height and a tag around the extranonce
 /// space, a 4-level merkle branch of real hashes, version 0x20000000.
-fn build_job(cfg: &SimPoolConfig, seq: u64, height: u32, clean: bool, ntime: u32) -> Job {
+pub(crate) fn build_job(
+    cfg: &SimPoolConfig,
+    seq: u64,
+    height: u32,
+    clean: bool,
+    ntime: u32,
+) -> Job {
     const TAG: &[u8] = b"/sim-pool/";
     let mut coinb1 = Vec::with_capacity(64);
     coinb1.extend_from_slice(&1u32.to_le_bytes());

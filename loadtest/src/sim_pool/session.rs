@@ -280,3 +280,276 @@ impl SimSession {
         Ok((judged.value(), job.network_target.is_met_by(&hash)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim_pool::{build_job, SimPoolConfig};
+    use relay::work::{Job, ShareWork};
+
+    const DIFF: f64 = 1.0 / 1024.0 / 1024.0 / 1024.0; // 2^-30: ~4 hashes a share
+
+    fn setup(version_mask: VersionMask) -> (SimSession, Vec<Arc<SimJob>>, SimPoolConfig) {
+        let cfg = SimPoolConfig::new("127.0.0.1:0".parse().unwrap());
+        let job = build_job(&cfg, 1, 7, true, 1_700_000_000);
+        let sj = Arc::new(SimJob {
+            network_target: Target::from_compact(job.nbits).unwrap(),
+            notify_line: String::new(),
+            job,
+            stale: false,
+            superseded_at: None,
+        });
+        let mut s = SimSession::new(
+            Extranonce::from_hex("0a0b0c0d").unwrap(),
+            Difficulty::new(DIFF).unwrap(),
+        );
+        let mut out = Vec::new();
+        let view = PoolView {
+            algorithm: PowAlgorithm::Sha256d,
+            jobs: &[],
+            version_mask,
+            extranonce2_size: 8,
+        };
+        s.handle_line(
+            br#"{"id":1,"method":"mining.configure","params":[["version-rolling"],{"version-rolling.mask":"ffffffff"}]}"#,
+            &view,
+            &mut out,
+        );
+        s.handle_line(
+            br#"{"id":2,"method":"mining.subscribe","params":[]}"#,
+            &view,
+            &mut out,
+        );
+        s.handle_line(
+            br#"{"id":3,"method":"mining.authorize","params":["up.user","x"]}"#,
+            &view,
+            &mut out,
+        );
+        s.notify(&sj, Difficulty::new(DIFF).unwrap(), &mut Vec::new());
+        (s, vec![sj], cfg)
+    }
+
+    /// Brute-forces a nonce whose header meets `DIFF` (and, when `miss`, one that does not).
+    fn find(job: &Job, e1: Extranonce, e2: Extranonce, version: u32, miss: bool) -> u32 {
+        let target = Target::from_difficulty(
+            Difficulty::new(DIFF).unwrap(),
+            PowAlgorithm::Sha256d.diff1(),
+        );
+        (0u32..)
+            .find(|&nonce| {
+                let h = job.header(&ShareWork {
+                    extranonce1: e1,
+                    extranonce2: e2,
+                    ntime: job.ntime,
+                    nonce,
+                    version,
+                });
+                target.is_met_by(&PowAlgorithm::Sha256d.hash(&h.to_bytes())) != miss
+            })
+            .unwrap()
+    }
+
+    fn submit(
+        s: &mut SimSession,
+        jobs: &[Arc<SimJob>],
+        mask: VersionMask,
+        e2: &str,
+        nonce: u32,
+        bits: Option<u32>,
+    ) -> Judged {
+        let job = &jobs[0].job;
+        let mut params = format!(
+            r#"["up.user","{}","{e2}","{:08x}","{nonce:08x}""#,
+            job.id, job.ntime
+        );
+        if let Some(b) = bits {
+            params.push_str(&format!(r#","{b:08x}""#));
+        }
+        let line = format!(r#"{{"id":9,"method":"mining.submit","params":{params}]}}"#);
+        let view = PoolView {
+            algorithm: PowAlgorithm::Sha256d,
+            jobs,
+            version_mask: mask,
+            extranonce2_size: 8,
+        };
+        s.handle_line(line.as_bytes(), &view, &mut Vec::new())
+    }
+
+    #[test]
+    fn a_real_share_is_accepted_once_and_a_resubmit_is_a_duplicate() {
+        let (mut s, jobs, _) = setup(VersionMask::BIP320);
+        let e1 = s.extranonce1;
+        let e2 = Extranonce::from_hex("0000000000000001").unwrap();
+        let nonce = find(&jobs[0].job, e1, e2, jobs[0].job.version, false);
+        assert!(matches!(
+            submit(
+                &mut s,
+                &jobs,
+                VersionMask::BIP320,
+                "0000000000000001",
+                nonce,
+                None
+            ),
+            Judged::Accepted { .. }
+        ));
+        assert_eq!(
+            submit(
+                &mut s,
+                &jobs,
+                VersionMask::BIP320,
+                "0000000000000001",
+                nonce,
+                None
+            ),
+            Judged::Rejected {
+                worker: "up.user".into(),
+                reason: Reject::Duplicate
+            }
+        );
+    }
+
+    #[test]
+    fn a_hash_that_misses_the_target_is_low_difficulty() {
+        let (mut s, jobs, _) = setup(VersionMask::BIP320);
+        let e2 = Extranonce::from_hex("0000000000000002").unwrap();
+        let nonce = find(&jobs[0].job, s.extranonce1, e2, jobs[0].job.version, true);
+        assert_eq!(
+            submit(
+                &mut s,
+                &jobs,
+                VersionMask::BIP320,
+                "0000000000000002",
+                nonce,
+                None
+            ),
+            Judged::Rejected {
+                worker: "up.user".into(),
+                reason: Reject::LowDifficulty
+            }
+        );
+    }
+
+    #[test]
+    fn after_an_extranonce_change_shares_built_on_the_old_one_fail() {
+        let (mut s, jobs, _) = setup(VersionMask::BIP320);
+        let old = s.extranonce1;
+        let new = Extranonce::from_hex("01010101").unwrap();
+        let e2 = Extranonce::from_hex("0000000000000003").unwrap();
+        let job = &jobs[0].job;
+        let target = Target::from_difficulty(
+            Difficulty::new(DIFF).unwrap(),
+            PowAlgorithm::Sha256d.diff1(),
+        );
+        let meets = |e1: Extranonce, nonce: u32| {
+            let h = job.header(&ShareWork {
+                extranonce1: e1,
+                extranonce2: e2,
+                ntime: job.ntime,
+                nonce,
+                version: job.version,
+            });
+            target.is_met_by(&PowAlgorithm::Sha256d.hash(&h.to_bytes()))
+        };
+        // Good work for the old extranonce1 that is not good for the new one.
+        let nonce = (0u32..).find(|&n| meets(old, n) && !meets(new, n)).unwrap();
+        s.extranonce1 = new;
+        assert_eq!(
+            submit(
+                &mut s,
+                &jobs,
+                VersionMask::BIP320,
+                "0000000000000003",
+                nonce,
+                None
+            ),
+            Judged::Rejected {
+                worker: "up.user".into(),
+                reason: Reject::LowDifficulty
+            }
+        );
+        let fresh = find(job, new, e2, job.version, false);
+        assert!(matches!(
+            submit(
+                &mut s,
+                &jobs,
+                VersionMask::BIP320,
+                "0000000000000003",
+                fresh,
+                None
+            ),
+            Judged::Accepted { .. }
+        ));
+    }
+
+    #[test]
+    fn stale_jobs_wrong_sizes_and_bits_outside_the_mask_are_refused() {
+        let (mut s, jobs, _) = setup(VersionMask(0x0000_6000));
+        assert_eq!(s.granted_mask(), Some(VersionMask(0x0000_6000)));
+        let r = submit(&mut s, &jobs, VersionMask(0x0000_6000), "00000000", 1, None);
+        assert_eq!(
+            r,
+            Judged::Rejected {
+                worker: "up.user".into(),
+                reason: Reject::BadExtranonce2Size
+            }
+        );
+        let r = submit(
+            &mut s,
+            &jobs,
+            VersionMask(0x0000_6000),
+            "0000000000000004",
+            1,
+            Some(0x0001_0000),
+        );
+        assert_eq!(
+            r,
+            Judged::Rejected {
+                worker: "up.user".into(),
+                reason: Reject::BadVersionBits
+            }
+        );
+        let stale: Vec<Arc<SimJob>> = jobs
+            .iter()
+            .map(|j| {
+                Arc::new(SimJob {
+                    job: j.job.clone(),
+                    network_target: j.network_target,
+                    notify_line: String::new(),
+                    stale: true,
+                    superseded_at: None,
+                })
+            })
+            .collect();
+        let r = submit(
+            &mut s,
+            &stale,
+            VersionMask(0x0000_6000),
+            "0000000000000004",
+            1,
+            None,
+        );
+        assert_eq!(
+            r,
+            Judged::Rejected {
+                worker: "up.user".into(),
+                reason: Reject::Stale
+            }
+        );
+        let mut out = Vec::new();
+        let view = PoolView {
+            algorithm: PowAlgorithm::Sha256d,
+            jobs: &jobs,
+            version_mask: VersionMask::BIP320,
+            extranonce2_size: 8,
+        };
+        let r = s.handle_line(br#"{"id":5,"method":"mining.submit","params":["nobody","sim1","0000000000000004","00000000","00000000"]}"#, &view, &mut out);
+        assert_eq!(
+            r,
+            Judged::Rejected {
+                worker: "nobody".into(),
+                reason: Reject::Unauthorized
+            }
+        );
+        assert!(String::from_utf8(out).unwrap().contains("[24,"));
+    }
+}

@@ -186,12 +186,25 @@ fn a_killed_upstream_fails_over_at_once_and_work_returns_after_failback() {
         ],
         "failover",
     );
+    // Both connect at once; if the backup answers first it gets the work until the primary
+    // has been up for failback_secs. Start measuring once the primary has it.
+    wait_until("the primary to be active", Duration::from_secs(30), || {
+        proxy
+            .metric_with("quarry_core_upstream_active", "upstream=\"primary\"")
+            .unwrap_or(0.0)
+            == 1.0
+    });
     let m = miners(&proxy, 4, 2_000.0);
     wait_until("shares at the primary", Duration::from_secs(30), || {
         primary.stats().accepted >= 5
     });
-    assert_eq!(backup.stats().accepted, 0, "all work goes to the primary");
     let before = backup.stats().accepted;
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        backup.stats().accepted,
+        before,
+        "all work goes to the primary"
+    );
     primary.shutdown();
     let failover = wait_until("shares at the backup", Duration::from_secs(15), || {
         backup.stats().accepted > before

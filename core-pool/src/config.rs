@@ -58,6 +58,10 @@ pub struct ProxySection {
     pub version_rolling: bool,
     #[serde(default = "default_retry_max")]
     pub retry_max_secs: f64,
+    /// Connect, handshake and share-answer timeout: an upstream silent this long on a
+    /// forwarded share is taken to be hung and loses the work.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_secs: f64,
     #[serde(default)]
     pub upstreams: Vec<UpstreamSection>,
 }
@@ -97,6 +101,9 @@ fn default_true() -> bool {
 }
 fn default_retry_max() -> f64 {
     30.0
+}
+fn default_upstream_timeout() -> f64 {
+    10.0
 }
 fn default_upstream_password() -> String {
     "x".into()
@@ -495,6 +502,14 @@ fn proxy_config(
         ));
     }
     c.retry_max = secs("proxy.retry_max_secs", p.retry_max_secs)?.max(c.retry_min);
+    let timeout = secs("proxy.timeout_secs", p.timeout_secs)?;
+    if timeout < Duration::from_millis(100) {
+        return Err(invalid(file, "proxy.timeout_secs", "must be at least 0.1"));
+    }
+    c.connect_timeout = timeout;
+    c.handshake_timeout = timeout;
+    c.answer_timeout = timeout;
+    c.block_answer_timeout = timeout;
     c.reject_alarm_after = p.reject_alarm_after.max(1);
     c.demote_for = Duration::from_secs(p.demote_secs);
     c.layout = layout;

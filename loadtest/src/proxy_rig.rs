@@ -44,6 +44,8 @@ pub struct ProxyCoreOptions {
     pub failback_secs: f64,
     pub split_period_secs: f64,
     pub reject_alarm_after: u32,
+    /// `[proxy] timeout_secs`.
+    pub timeout_secs: f64,
     /// The proxy's own miners' difficulty (vardiff floor and start).
     pub start_difficulty: f64,
     pub min_difficulty: f64,
@@ -63,6 +65,7 @@ impl ProxyCoreOptions {
             failback_secs: 5.0,
             split_period_secs: 2.0,
             reject_alarm_after: 5,
+            timeout_secs: 10.0,
             start_difficulty: 1e-5,
             min_difficulty: 1e-7,
             fixed_difficulty: false,
@@ -158,6 +161,7 @@ failback_secs = {failback}
 split_period_secs = {period}
 reject_alarm_after = {alarm}
 retry_max_secs = 2
+timeout_secs = {timeout}
 
 [stratum]
 listen = "{stratum}"
@@ -174,6 +178,7 @@ listen = "{metrics}"
         failback = o.failback_secs,
         period = o.split_period_secs,
         alarm = o.reject_alarm_after,
+        timeout = o.timeout_secs,
         start = o.start_difficulty,
     );
     for u in &o.upstreams {

@@ -459,3 +459,55 @@ fn shares_from_an_edge_behind_a_proxying_core_reach_the_upstream() {
     pool.shutdown();
     remove_dir(&dir);
 }
+
+/// A pool that hangs keeps its sockets open: only the answer timeout can tell. With
+/// `timeout_secs = 2` the work must be at the backup within about that.
+#[test]
+fn a_hung_upstream_loses_the_work_within_the_configured_timeout() {
+    let _serial = serial();
+    let dir = fresh_dir("quarry-it-proxy-hung");
+    let primary = sim_pool(UPSTREAM_DIFFICULTY);
+    let backup = sim_pool(UPSTREAM_DIFFICULTY);
+    let mut o = ProxyCoreOptions::new(
+        dir.join("proxy"),
+        vec![
+            UpstreamEntry::tcp("primary", primary.local_addr(), "farm.proxy"),
+            UpstreamEntry::tcp("backup", backup.local_addr(), "farm.proxy"),
+        ],
+    );
+    o.algorithm = "sha256d".into();
+    o.start_difficulty = MINER_DIFFICULTY;
+    o.fixed_difficulty = true;
+    o.failback_secs = 60.0;
+    o.timeout_secs = 2.0;
+    let proxy = ProxyCore::start(&o).expect("proxy core starts");
+    wait_until("the primary to be active", Duration::from_secs(30), || {
+        proxy
+            .metric_with("quarry_core_upstream_active", "upstream=\"primary\"")
+            .unwrap_or(0.0)
+            == 1.0
+    });
+    let m = miners(&proxy, 4, 2_000.0);
+    wait_until("shares at the primary", Duration::from_secs(30), || {
+        primary.stats().accepted >= 5
+    });
+    let before = backup.stats().accepted;
+    primary.freeze(true);
+    let took = wait_until("shares at the backup", Duration::from_secs(20), || {
+        backup.stats().accepted > before
+    });
+    eprintln!("hung primary: first share at the backup {took:?} after the freeze (timeout 2 s)");
+    assert!(
+        took <= Duration::from_secs(5),
+        "the hung upstream kept the work for {took:?} with a 2 s timeout"
+    );
+    let stats = m.finish();
+    assert_eq!(stats.disconnects, 0, "{stats}");
+    assert_eq!(stats.shares.unexpected_rejects, 0, "{stats}");
+    assert_no_rejects_but_rare_stale_races("the backup", &backup.stats());
+    primary.freeze(false);
+    proxy.stop();
+    primary.shutdown();
+    backup.shutdown();
+    remove_dir(&dir);
+}

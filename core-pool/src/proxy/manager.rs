@@ -239,8 +239,10 @@ impl Manager {
             let mut session = UpstreamConfig::new(s.spec.user.clone(), s.spec.password.clone());
             session.version_rolling = cfg.version_rolling;
             session.handshake_timeout = cfg.handshake_timeout;
+            session.answer_timeout = cfg.answer_timeout;
             let mut opts = ConnectOptions::new(s.target.clone(), session);
             opts.connect_timeout = cfg.connect_timeout;
+            opts.idle_timeout = cfg.idle_timeout;
             opts.tls_roots = self.roots[i].clone();
             let tag = self.next_tag;
             self.next_tag += 1;
@@ -761,6 +763,18 @@ impl Manager {
                 None => Ok(()),
                 Some(r) => Err(r.clone()),
             });
+        }
+        if matches!(verdict, ShareVerdict::TimedOut) && latency > Duration::ZERO {
+            // The connection is up but the upstream does not answer: it is hung. Take the work
+            // away now and reconnect, rather than feeding it shares for the idle timeout.
+            if self.slots[i].conn.is_some() {
+                error!(upstream = %name, timeout = ?self.shared.config.answer_timeout,
+                       "upstream stopped answering forwarded shares: failing over and reconnecting");
+                let retry = now + self.shared.config.retry_min;
+                self.drop_conn(i, retry, now);
+                self.reselect(now);
+            }
+            return;
         }
         let action = match &reason {
             None => {

@@ -76,6 +76,11 @@ pub struct ProxyConfig {
     pub demote_for: Duration,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// A forwarded share unanswered this long means the upstream is hung: it loses the work
+    /// (failover) and is reconnected.
+    pub answer_timeout: Duration,
+    /// Nothing at all from an upstream for this long: the connection is dead.
+    pub idle_timeout: Duration,
     /// Reconnect backoff after a failed or lost connection.
     pub retry_min: Duration,
     pub retry_max: Duration,
@@ -97,6 +102,8 @@ impl ProxyConfig {
             demote_for: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
+            answer_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
             retry_min: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
             block_answer_timeout: Duration::from_secs(10),

@@ -197,6 +197,8 @@ struct State {
     record_arrivals: bool,
     conns: Vec<crossbeam_channel::Sender<Push>>,
     force_clean: bool,
+    /// Hung: connections stay open but nothing is read or answered.
+    frozen: bool,
 }
 
 impl State {
@@ -294,6 +296,7 @@ impl SimPool {
             record_arrivals: false,
             conns: Vec::new(),
             force_clean: false,
+            frozen: false,
         };
         state.next_job();
         let interval = state.cfg.job_interval;
@@ -408,6 +411,12 @@ impl SimPoolHandle {
         let mut s = self.state.lock();
         s.version_mask = m;
         s.cfg.version_mask = m;
+    }
+
+    /// Hangs the pool (`true`) or wakes it: while hung its sockets stay open, but nothing is
+    /// read, answered or sent — a pool process stuck, or a path that black-holes packets.
+    pub fn freeze(&self, on: bool) {
+        self.state.lock().frozen = on;
     }
 
     /// Closes the listener and every connection; the port is free when this returns.
@@ -525,6 +534,10 @@ fn serve(
     let mut out = Vec::new();
     let mut sent_first_job = false;
     while !stop.load(Ordering::Relaxed) {
+        if state.lock().frozen {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         match stream.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => framer.push(&buf[..n]),

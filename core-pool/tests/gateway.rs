@@ -914,6 +914,13 @@ fn many_batches_in_flight_at_once_are_credited_once_and_acks_never_go_back() {
             last = through;
         }
         wait_until("every replay counted", || gw.stats().duplicates == BATCHES).await;
+        // The ledger is credited in the journal thread before any ack; the stats counter is
+        // bumped by each batch's own task after its answer, which may run after a later
+        // batch's cumulative ack went out: let it catch up.
+        wait_until("the credited-shares counter", || {
+            gw.stats().shares_credited >= BATCHES * 5
+        })
+        .await;
     });
     assert_eq!(credited(&ledger, "frank.w"), BATCHES * 5);
     assert_eq!(gw.stats().shares_credited, BATCHES * 5);

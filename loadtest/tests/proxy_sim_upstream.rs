@@ -511,3 +511,52 @@ fn a_hung_upstream_loses_the_work_within_the_configured_timeout() {
     backup.shutdown();
     remove_dir(&dir);
 }
+
+/// `mining.set_extranonce` and `client.reconnect` from the upstream are honoured: after either,
+/// forwarded work keeps being accepted (the proxy's miners never see their extranonce1 change,
+/// nor a disconnect).
+#[test]
+fn set_extranonce_and_client_reconnect_from_the_upstream_are_followed() {
+    let _serial = serial();
+    let dir = fresh_dir("quarry-it-proxy-extranonce");
+    let pool = sim_pool(UPSTREAM_DIFFICULTY);
+    let proxy = proxy(
+        &dir,
+        vec![UpstreamEntry::tcp("sim", pool.local_addr(), "farm.proxy")],
+        "failover",
+    );
+    wait_until("the upstream connection", Duration::from_secs(20), || {
+        pool.stats().connected >= 1
+    });
+    let m = miners(&proxy, 4, 2_000.0);
+    wait_until("accepted shares", Duration::from_secs(30), || {
+        pool.stats().accepted >= 20
+    });
+    pool.set_extranonce_all();
+    let after_change = pool.stats().accepted;
+    wait_until(
+        "accepts with the new extranonce1",
+        Duration::from_secs(20),
+        || pool.stats().accepted >= after_change + 20,
+    );
+    let before = pool.stats();
+    pool.reconnect_all(None, None, 1);
+    wait_until("the proxy to reconnect", Duration::from_secs(20), || {
+        pool.stats().connections_total >= before.connections_total + 1
+    });
+    let after_reconnect = pool.stats().accepted;
+    wait_until(
+        "accepts after the reconnect",
+        Duration::from_secs(20),
+        || pool.stats().accepted >= after_reconnect + 20,
+    );
+    let stats = m.finish();
+    let up = pool.stats();
+    eprintln!("extranonce/reconnect: upstream {up:?}");
+    assert_no_rejects_but_rare_stale_races("the upstream", &up);
+    assert_eq!(stats.disconnects, 0, "{stats}");
+    assert_eq!(stats.shares.unexpected_rejects, 0, "{stats}");
+    proxy.stop();
+    pool.shutdown();
+    remove_dir(&dir);
+}

@@ -24,7 +24,6 @@ use crossbeam_channel::{Receiver, Sender};
 use edge::jobs::JobEntry;
 use edge::server::ServerHandle;
 use edge::share::ShareEvent;
-use relay::wire::ShareData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -193,21 +192,7 @@ fn process_shares(
         match ev {
             ShareEvent::Accepted(s) => {
                 if s.meets_upstream {
-                    source.forward_share(&ShareData {
-                        worker: s.worker.clone(),
-                        job_id: s.job_id.clone(),
-                        extranonce1: s.extranonce1,
-                        extranonce2: s.extranonce2,
-                        ntime: s.ntime,
-                        nonce: s.nonce,
-                        version: s.version,
-                        difficulty: s.difficulty,
-                        received_at_ms: s
-                            .received_at
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64),
-                        meets_upstream: true,
-                    });
+                    source.forward_share(&s.to_wire());
                 }
                 ledger.credit(&s.worker, s.difficulty.value(), false);
                 metrics::counter!("quarry_core_shares_credited_total").increment(1);

@@ -28,6 +28,24 @@ pub struct ShareRecord {
     pub spool_ref: Option<(u16, u64)>,
 }
 
+impl ShareRecord {
+    /// The share as the relay protocol carries it (to the core, or to the core's proxy).
+    pub fn to_wire(&self) -> relay::wire::ShareData {
+        relay::wire::ShareData {
+            worker: self.worker.clone(),
+            job_id: self.job_id.clone(),
+            extranonce1: self.extranonce1,
+            extranonce2: self.extranonce2,
+            ntime: self.ntime,
+            nonce: self.nonce,
+            version: self.version,
+            difficulty: self.difficulty,
+            received_at_ms: crate::spool::unix_ms(self.received_at),
+            meets_upstream: self.meets_upstream,
+        }
+    }
+}
+
 /// A share whose hash meets the network target: submit the block now.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockCandidate {

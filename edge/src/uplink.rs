@@ -31,8 +31,8 @@ use relay::pow::PowAlgorithm;
 use relay::quic::Backoff;
 use relay::upstream::{ConnEvent, ShareVerdict, UpstreamConn, UpstreamEvent};
 use relay::wire::{
-    Batch, BatchContext, BlockFound, ControlFrame, EdgeId, Hello, JobBase, ResumeState, ShareData,
-    Welcome, PROTOCOL_VERSION,
+    Batch, BatchContext, BlockFound, ControlFrame, EdgeId, Hello, JobBase, ResumeState, Welcome,
+    PROTOCOL_VERSION,
 };
 use relay::work::{Extranonce, ExtranonceLayout, JobId};
 use sha2::{Digest, Sha256};
@@ -643,7 +643,7 @@ impl Uplink {
                 let spool_ref = s.spool_ref;
                 self.batcher.push(
                     PendingShare {
-                        data: to_wire(&s),
+                        data: s.to_wire(),
                         spool_ref,
                     },
                     now,
@@ -666,7 +666,7 @@ impl Uplink {
                 let msg = BlockFound {
                     epoch,
                     seq,
-                    share: to_wire(&b.share),
+                    share: b.share.to_wire(),
                     header: b.header,
                     coinbase: b.coinbase,
                 };
@@ -946,7 +946,7 @@ impl Uplink {
 
     /// A share on a backup-pool job: to the pool if it meets its target.
     fn on_backup_share(&mut self, s: &crate::share::ShareRecord, block: bool) {
-        let data = to_wire(s);
+        let data = s.to_wire();
         let Some(b) = &mut self.backup else {
             metrics::counter!("quarry_edge_fallback_shares_total", "result" => "not_forwarded")
                 .increment(1);
@@ -1131,21 +1131,6 @@ trait NowOrNever: std::future::Future + Sized {
     }
 }
 impl<F: std::future::Future> NowOrNever for F {}
-
-fn to_wire(s: &crate::share::ShareRecord) -> ShareData {
-    ShareData {
-        worker: s.worker.clone(),
-        job_id: s.job_id.clone(),
-        extranonce1: s.extranonce1,
-        extranonce2: s.extranonce2,
-        ntime: s.ntime,
-        nonce: s.nonce,
-        version: s.version,
-        difficulty: s.difficulty,
-        received_at_ms: unix_ms(s.received_at),
-        meets_upstream: s.meets_upstream,
-    }
-}
 
 fn rand_unit() -> f64 {
     // Jitter only: the low bits of the clock are random enough.

@@ -60,6 +60,16 @@ fn sim_pool_at(addr: SocketAddr, difficulty: f64) -> SimPoolHandle {
 }
 
 fn proxy(dir: &std::path::Path, upstreams: Vec<UpstreamEntry>, mode: &str) -> ProxyCore {
+    proxy_with(dir, upstreams, mode, |_| {})
+}
+
+/// A proxy core for sha256d miners at [`MINER_DIFFICULTY`], adjusted by `tweak`.
+fn proxy_with(
+    dir: &std::path::Path,
+    upstreams: Vec<UpstreamEntry>,
+    mode: &str,
+    tweak: impl FnOnce(&mut ProxyCoreOptions),
+) -> ProxyCore {
     let mut o = ProxyCoreOptions::new(dir.join("proxy"), upstreams);
     o.algorithm = "sha256d".into();
     o.mode = mode.into();
@@ -67,7 +77,34 @@ fn proxy(dir: &std::path::Path, upstreams: Vec<UpstreamEntry>, mode: &str) -> Pr
     o.split_period_secs = 1.0;
     o.start_difficulty = MINER_DIFFICULTY;
     o.fixed_difficulty = true;
+    tweak(&mut o);
     ProxyCore::start(&o).expect("proxy core starts")
+}
+
+/// A fresh folder, one sim pool and a proxy core mining into it, connected.
+fn one_upstream(name: &str) -> (std::path::PathBuf, SimPoolHandle, ProxyCore) {
+    let dir = fresh_dir(name);
+    let pool = sim_pool(UPSTREAM_DIFFICULTY);
+    let proxy = proxy(
+        &dir,
+        vec![UpstreamEntry::tcp("sim", pool.local_addr(), "farm.proxy")],
+        "failover",
+    );
+    wait_until("the upstream connection", Duration::from_secs(20), || {
+        pool.stats().connected >= 1
+    });
+    (dir, pool, proxy)
+}
+
+/// Waits until the proxy gives `name` the work.
+fn wait_active(proxy: &ProxyCore, name: &str) {
+    let label = format!("upstream=\"{name}\"");
+    wait_until("the upstream to be active", Duration::from_secs(30), || {
+        proxy
+            .metric_with("quarry_core_upstream_active", &label)
+            .unwrap_or(0.0)
+            == 1.0
+    });
 }
 
 struct Miners {
@@ -76,15 +113,23 @@ struct Miners {
 }
 
 fn miners(proxy: &ProxyCore, count: usize, hashrate: f64) -> Miners {
+    miners_as(proxy, count, hashrate, ProfileChoice::Mixed)
+}
+
+fn miners_as(proxy: &ProxyCore, count: usize, hashrate: f64, profile: ProfileChoice) -> Miners {
+    miners_at(proxy.stratum.port(), count, hashrate, profile)
+}
+
+fn miners_at(port: u16, count: usize, hashrate: f64, profile: ProfileChoice) -> Miners {
     let mut cfg = RunConfig::new(
         StratumUrl {
             host: "127.0.0.1".into(),
-            port: proxy.stratum.port(),
+            port,
         },
         count,
         PowAlgorithm::Sha256d,
     );
-    cfg.profile = ProfileChoice::Mixed;
+    cfg.profile = profile;
     cfg.hashrate = hashrate;
     cfg.user = "farm.rig".into();
     cfg.duration = None;
@@ -115,16 +160,7 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Durat
 #[test]
 fn upstream_accepts_match_hashrate_and_difficulty_and_nothing_valid_is_rejected() {
     let _serial = serial();
-    let dir = fresh_dir("quarry-it-proxy-accepts");
-    let pool = sim_pool(UPSTREAM_DIFFICULTY);
-    let proxy = proxy(
-        &dir,
-        vec![UpstreamEntry::tcp("sim", pool.local_addr(), "farm.proxy")],
-        "failover",
-    );
-    wait_until("the upstream connection", Duration::from_secs(20), || {
-        pool.stats().connected >= 1
-    });
+    let (dir, pool, proxy) = one_upstream("quarry-it-proxy-accepts");
     let m = miners(&proxy, 4, 2_000.0);
     std::thread::sleep(Duration::from_secs(20));
     let stats = m.finish();
@@ -188,12 +224,7 @@ fn a_killed_upstream_fails_over_at_once_and_work_returns_after_failback() {
     );
     // Both connect at once; if the backup answers first it gets the work until the primary
     // has been up for failback_secs. Start measuring once the primary has it.
-    wait_until("the primary to be active", Duration::from_secs(30), || {
-        proxy
-            .metric_with("quarry_core_upstream_active", "upstream=\"primary\"")
-            .unwrap_or(0.0)
-            == 1.0
-    });
+    wait_active(&proxy, "primary");
     let m = miners(&proxy, 4, 2_000.0);
     wait_until("shares at the primary", Duration::from_secs(30), || {
         primary.stats().accepted >= 5
@@ -288,32 +319,14 @@ fn a_70_30_split_sends_70_percent_of_the_work_to_the_first_upstream() {
 #[test]
 fn an_upstream_that_silently_narrows_its_mask_raises_the_alarm_and_is_resubscribed() {
     let _serial = serial();
-    let dir = fresh_dir("quarry-it-proxy-alarm");
-    let pool = sim_pool(UPSTREAM_DIFFICULTY);
-    let proxy = proxy(
-        &dir,
-        vec![UpstreamEntry::tcp("sim", pool.local_addr(), "farm.proxy")],
-        "failover",
-    );
+    let (dir, pool, proxy) = one_upstream("quarry-it-proxy-alarm");
     // ASIC-like miners roll version bits (mask 1fffe000).
-    let mut cfg = RunConfig::new(
-        StratumUrl {
-            host: "127.0.0.1".into(),
-            port: proxy.stratum.port(),
-        },
+    let m = miners_as(
+        &proxy,
         4,
-        PowAlgorithm::Sha256d,
+        2_000.0,
+        ProfileChoice::Fixed(loadtest::miner::client::Profile::Asic),
     );
-    cfg.profile = ProfileChoice::Fixed(loadtest::miner::client::Profile::Asic);
-    cfg.hashrate = 2_000.0;
-    cfg.user = "farm.rig".into();
-    cfg.duration = None;
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || miner::run(&cfg, stop, |_| {}).expect("miners run"))
-    };
-    let m = Miners { stop, thread };
     wait_until("accepted upstream shares", Duration::from_secs(30), || {
         pool.stats().accepted >= 20
     });
@@ -395,28 +408,11 @@ fn shares_from_an_edge_behind_a_proxying_core_reach_the_upstream() {
         },
     )
     .expect("edge starts");
-    let mut cfg = RunConfig::new(
-        StratumUrl {
-            host: "127.0.0.1".into(),
-            port: edge.stratum.port(),
-        },
-        4,
-        PowAlgorithm::Sha256d,
-    );
-    cfg.profile = ProfileChoice::Mixed;
-    cfg.hashrate = 2_000.0;
-    cfg.user = "farm.rig".into();
-    cfg.duration = None;
     // The edge must have the upstream's job before the miners start.
     wait_until("the upstream connection", Duration::from_secs(20), || {
         pool.stats().connected >= 1
     });
-    let stop = Arc::new(AtomicBool::new(false));
-    let thread = {
-        let stop = stop.clone();
-        std::thread::spawn(move || miner::run(&cfg, stop, |_| {}).expect("miners run"))
-    };
-    let m = Miners { stop, thread };
+    let m = miners_at(edge.stratum.port(), 4, 2_000.0, ProfileChoice::Mixed);
     std::thread::sleep(Duration::from_secs(15));
     let stats = m.finish();
     let accepted = stats.shares.accepted;
@@ -468,25 +464,21 @@ fn a_hung_upstream_loses_the_work_within_the_configured_timeout() {
     let dir = fresh_dir("quarry-it-proxy-hung");
     let primary = sim_pool(UPSTREAM_DIFFICULTY);
     let backup = sim_pool(UPSTREAM_DIFFICULTY);
-    let mut o = ProxyCoreOptions::new(
-        dir.join("proxy"),
+    let proxy = proxy_with(
+        &dir,
         vec![
             UpstreamEntry::tcp("primary", primary.local_addr(), "farm.proxy"),
             UpstreamEntry::tcp("backup", backup.local_addr(), "farm.proxy"),
         ],
+        "failover",
+        |o| {
+            // A frozen primary never finishes a handshake again, so it cannot win the work
+            // back; a short hold lets it take the work at the start if the backup answered first.
+            o.failback_secs = 1.0;
+            o.timeout_secs = 2.0;
+        },
     );
-    o.algorithm = "sha256d".into();
-    o.start_difficulty = MINER_DIFFICULTY;
-    o.fixed_difficulty = true;
-    o.failback_secs = 60.0;
-    o.timeout_secs = 2.0;
-    let proxy = ProxyCore::start(&o).expect("proxy core starts");
-    wait_until("the primary to be active", Duration::from_secs(30), || {
-        proxy
-            .metric_with("quarry_core_upstream_active", "upstream=\"primary\"")
-            .unwrap_or(0.0)
-            == 1.0
-    });
+    wait_active(&proxy, "primary");
     let m = miners(&proxy, 4, 2_000.0);
     wait_until("shares at the primary", Duration::from_secs(30), || {
         primary.stats().accepted >= 5
@@ -518,16 +510,7 @@ fn a_hung_upstream_loses_the_work_within_the_configured_timeout() {
 #[test]
 fn set_extranonce_and_client_reconnect_from_the_upstream_are_followed() {
     let _serial = serial();
-    let dir = fresh_dir("quarry-it-proxy-extranonce");
-    let pool = sim_pool(UPSTREAM_DIFFICULTY);
-    let proxy = proxy(
-        &dir,
-        vec![UpstreamEntry::tcp("sim", pool.local_addr(), "farm.proxy")],
-        "failover",
-    );
-    wait_until("the upstream connection", Duration::from_secs(20), || {
-        pool.stats().connected >= 1
-    });
+    let (dir, pool, proxy) = one_upstream("quarry-it-proxy-extranonce");
     let m = miners(&proxy, 4, 2_000.0);
     wait_until("accepted shares", Duration::from_secs(30), || {
         pool.stats().accepted >= 20
@@ -542,7 +525,7 @@ fn set_extranonce_and_client_reconnect_from_the_upstream_are_followed() {
     let before = pool.stats();
     pool.reconnect_all(None, None, 1);
     wait_until("the proxy to reconnect", Duration::from_secs(20), || {
-        pool.stats().connections_total >= before.connections_total + 1
+        pool.stats().connections_total > before.connections_total
     });
     let after_reconnect = pool.stats().accepted;
     wait_until(

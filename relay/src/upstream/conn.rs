@@ -474,6 +474,17 @@ mod tests {
         seen
     }
 
+    fn server_tls(cert: &certs::IssuedCert) -> rustls::ServerConfig {
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(cert.cert_chain().unwrap(), cert.private_key().unwrap())
+        .unwrap()
+    }
+
     fn drive(opts: ConnectOptions) -> Vec<UpstreamEvent> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let conn = UpstreamConn::spawn(opts, 7, tx).unwrap();
@@ -550,14 +561,7 @@ mod tests {
     fn tls_handshake_job_and_share_with_the_pool_ca_trusted() {
         let ca = certs::generate_ca("test pool CA").unwrap();
         let cert = certs::issue_core_cert(&ca, &["localhost".into()]).unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(cert.cert_chain().unwrap(), cert.private_key().unwrap())
-        .unwrap();
+        let tls = server_tls(&cert);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
@@ -585,14 +589,7 @@ mod tests {
         let ca = certs::generate_ca("pool CA").unwrap();
         let cert = certs::issue_core_cert(&ca, &["localhost".into()]).unwrap();
         let other = certs::generate_ca("someone else").unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(cert.cert_chain().unwrap(), cert.private_key().unwrap())
-        .unwrap();
+        let tls = server_tls(&cert);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {

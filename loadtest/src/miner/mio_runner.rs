@@ -308,7 +308,7 @@ impl<'a> Worker<'a> {
                     self.on_writable(slot);
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.on_readable(slot);
+                    self.on_readable(slot, ev.is_read_closed() || ev.is_error());
                 }
             }
             // Wake-ups that are due; ones scheduled while serving them wait for the next turn.
@@ -500,7 +500,10 @@ impl<'a> Worker<'a> {
         self.pump(slot, now);
     }
 
-    fn on_readable(&mut self, slot: usize) {
+    /// Reads what the pool sent. Without `drain` a read shorter than the buffer ends it (the
+    /// socket was empty then; later data raises a new edge), saving a `WouldBlock` read per
+    /// answer.
+    fn on_readable(&mut self, slot: usize, drain: bool) {
         let Some(Miner {
             phase: Phase::Up(link),
             ..
@@ -519,6 +522,9 @@ impl<'a> Worker<'a> {
                             Ok(line) => link.session.handle_line(&line, at),
                             Err(e) => link.session.note_protocol_error(format!("framing: {e}")),
                         }
+                    }
+                    if n < self.buf.len() && !drain {
+                        break None;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break None,

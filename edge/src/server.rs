@@ -225,8 +225,11 @@ pub fn start_with_spool(
             shares: shares.clone(),
             shutdown: shutdown.clone(),
             events: Vec::new(),
+            dirty: Vec::new(),
             lane: lanes.next(),
             last_sync: Instant::now(),
+            pending_trim: None,
+            last_trim: Instant::now(),
             usage_alerted: false,
         };
         handles.push(
@@ -404,6 +407,10 @@ struct Conn {
     framer: LineFramer,
     session: Session,
     out: Vec<u8>,
+    /// Answers were added this loop turn; they go out once the turn's shares are in the lane.
+    dirty: bool,
+    /// The peer closed its side (or the socket failed); closed at the end of the turn.
+    eof: bool,
 }
 
 struct Connector {
@@ -417,17 +424,27 @@ struct Connector {
     shares: Sender<ShareEvent>,
     shutdown: Arc<AtomicBool>,
     events: Vec<ShareEvent>,
+    /// Connections with answers waiting for this turn's lane write.
+    dirty: Vec<usize>,
     lane: Option<LaneWriter>,
     last_sync: Instant,
+    /// Highest lane index a durable batch covers, not trimmed yet.
+    pending_trim: Option<u64>,
+    last_trim: Instant,
     usage_alerted: bool,
 }
 
 /// Group commit interval of the spool lanes.
 const LANE_SYNC_EVERY: Duration = Duration::from_millis(50);
+/// How often a lane is trimmed. A trim only gives disk space back (what a durable batch covers
+/// is never batched again, trimmed or not), and it costs two fsyncs on this thread, so the
+/// uplink's one trim request per batch (hundreds a second) is folded into one a second.
+const LANE_TRIM_EVERY: Duration = Duration::from_secs(1);
 
 impl Connector {
-    /// Writes this read's accepted shares to the lane and hands them to the kernel. Runs before
-    /// the answers reach the socket, so a killed edge never forgets a share it acknowledged.
+    /// Writes this turn's accepted shares to the lane and hands them to the kernel in one write.
+    /// Runs before their answers reach the sockets, so a killed edge never forgets a share it
+    /// acknowledged.
     fn spool_events(&mut self) {
         let Some(lane) = self.lane.as_mut() else {
             return;
@@ -461,6 +478,55 @@ impl Connector {
             .set(used as f64);
     }
 
+    fn trim_lane(&mut self, now: Instant, force: bool) {
+        if !force && now.duration_since(self.last_trim) < LANE_TRIM_EVERY {
+            return;
+        }
+        self.last_trim = now;
+        let (Some(lane), Some(index)) = (self.lane.as_mut(), self.pending_trim.take()) else {
+            return;
+        };
+        if let Err(e) = lane.trim_through(index) {
+            tracing::error!(lane = lane.lane, error = %e, "spool trim failed");
+        }
+    }
+
+    /// Ends a loop turn: this turn's accepted shares go to the lane in one write and to the
+    /// uplink, then every connection that got answers is flushed (lanes before answers), and
+    /// the ones whose peer left are closed.
+    fn finish_turn(&mut self) {
+        if !self.events.is_empty() {
+            self.spool_events();
+        }
+        for ev in self.events.drain(..) {
+            if let ShareEvent::Block(b) = &ev {
+                metrics::counter!("quarry_edge_blocks_found_total").increment(1);
+                tracing::info!(worker = %b.share.worker, job = %b.share.job_id, "block candidate found");
+            }
+            if self.shares.send(ev).is_err() {
+                tracing::error!("share channel closed: shares can no longer be forwarded");
+            }
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for key in dirty.drain(..) {
+            let Some(c) = self.conns.get_mut(key) else {
+                continue;
+            };
+            c.dirty = false;
+            let eof = c.eof;
+            self.flush(key);
+            let reason = self
+                .conns
+                .get(key)
+                .and_then(|c| c.session.close_reason().cloned());
+            if eof || reason.is_some() {
+                self.close(key, reason);
+            }
+        }
+        // Keep the allocation for the next turn.
+        self.dirty = dirty;
+    }
+
     fn sync_lane(&mut self, now: Instant) {
         if now.duration_since(self.last_sync) < LANE_SYNC_EVERY {
             return;
@@ -492,16 +558,21 @@ impl Connector {
                     WAKER => self.drain_messages(),
                     Token(key) => {
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.on_readable(key, &mut buf);
+                            // A peer that closed (or failed) is read to the end.
+                            let drain = ev.is_read_closed() || ev.is_error();
+                            self.on_readable(key, &mut buf, drain);
                         }
-                        if ev.is_writable() {
+                        // A dirty connection is flushed when the turn ends.
+                        if ev.is_writable() && self.conns.get(key).is_some_and(|c| !c.dirty) {
                             self.flush(key);
                         }
                     }
                 }
             }
+            self.finish_turn();
             let now = Instant::now();
             self.sync_lane(now);
+            self.trim_lane(now, false);
             if now.duration_since(last_tick) >= Duration::from_secs(1) {
                 last_tick = now;
                 let mut to_close = Vec::new();
@@ -515,6 +586,8 @@ impl Connector {
                 }
             }
         }
+        self.finish_turn();
+        self.trim_lane(Instant::now(), true);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             self.close(k, None);
@@ -522,17 +595,16 @@ impl Connector {
     }
 
     fn drain_messages(&mut self) {
+        // Answers read earlier in this turn must not reach a socket (below) before their
+        // shares reach the lane.
+        self.finish_turn();
         let mut new_book = None;
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 ConnectorMsg::Conn(stream, peer, slot, e1) => self.add(stream, peer, slot, e1),
                 ConnectorMsg::Jobs(book) => new_book = Some(book),
                 ConnectorMsg::TrimLane(index) => {
-                    if let Some(lane) = self.lane.as_mut() {
-                        if let Err(e) = lane.trim_through(index) {
-                            tracing::error!(lane = lane.lane, error = %e, "spool trim failed");
-                        }
-                    }
+                    self.pending_trim = Some(self.pending_trim.map_or(index, |t| t.max(index)));
                 }
                 ConnectorMsg::DropAll => {
                     let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -575,11 +647,15 @@ impl Connector {
             framer: LineFramer::new(self.cfg.max_line_bytes),
             session: Session::new(self.session_cfg.clone(), e1, Instant::now()),
             out: Vec::new(),
+            dirty: false,
+            eof: false,
         });
     }
 
-    fn on_readable(&mut self, key: usize, buf: &mut [u8]) {
-        let mut closed = false;
+    /// Reads and handles what the miner sent; the answers wait in `out` for [`finish_turn`].
+    /// Without `drain`, a read shorter than `buf` ends it: the socket was empty then, and
+    /// anything arriving later raises a new edge, so the `WouldBlock` read is saved.
+    fn on_readable(&mut self, key: usize, buf: &mut [u8], drain: bool) {
         {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
@@ -587,7 +663,7 @@ impl Connector {
             loop {
                 match c.stream.read(buf) {
                     Ok(0) => {
-                        closed = true;
+                        c.eof = true;
                         break;
                     }
                     Ok(n) => {
@@ -613,14 +689,14 @@ impl Connector {
                                 break;
                             }
                         }
-                        if c.session.close_reason().is_some() {
+                        if c.session.close_reason().is_some() || (n < buf.len() && !drain) {
                             break;
                         }
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                     Err(_) => {
-                        closed = true;
+                        c.eof = true;
                         break;
                     }
                 }
@@ -642,26 +718,10 @@ impl Connector {
                 metrics::counter!("quarry_edge_malformed_lines_total")
                     .increment(counters.malformed_lines);
             }
-        }
-        if !self.events.is_empty() {
-            self.spool_events();
-        }
-        for ev in self.events.drain(..) {
-            if let ShareEvent::Block(b) = &ev {
-                metrics::counter!("quarry_edge_blocks_found_total").increment(1);
-                tracing::info!(worker = %b.share.worker, job = %b.share.job_id, "block candidate found");
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(key);
             }
-            if self.shares.send(ev).is_err() {
-                tracing::error!("share channel closed: shares can no longer be forwarded");
-            }
-        }
-        self.flush(key);
-        let reason = self
-            .conns
-            .get(key)
-            .and_then(|c| c.session.close_reason().cloned());
-        if closed || reason.is_some() {
-            self.close(key, reason);
         }
     }
 

@@ -351,6 +351,9 @@ impl Uplink {
                 while let Some(b) = self.batcher.poll(now) {
                     self.send_batch(b);
                 }
+                if let Err(e) = self.spool.persist_acks_if_due(now) {
+                    tracing::error!(error = %e, "spool trim after ack failed");
+                }
                 if now.duration_since(last_stats) >= Duration::from_secs(1) {
                     last_stats = now;
                     self.stats(now);

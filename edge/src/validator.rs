@@ -46,6 +46,23 @@ pub fn validate_share(
     expected_extranonce2: usize,
     share_target: &Target,
 ) -> Result<Validated, PowReject> {
+    validate_share_with_root(algo, job, work, expected_extranonce2, share_target, None)
+}
+
+/// [`validate_share`], given the merkle root of `work`'s extranonces on this job if the caller
+/// knows it. A miner rolls nonce and version under one extranonce2 for many shares; the root
+/// (coinbase hash and the branch, 39 of a share's 42 SHA-256 compressions with a 12-level
+/// branch) is the same for all of them, so a session that remembers it hashes only the header.
+/// The root must be `job.job`'s for `work.extranonce1` and `work.extranonce2`.
+#[inline]
+pub fn validate_share_with_root(
+    algo: PowAlgorithm,
+    job: &JobEntry,
+    work: &ShareWork,
+    expected_extranonce2: usize,
+    share_target: &Target,
+    merkle_root: Option<Hash256>,
+) -> Result<Validated, PowReject> {
     if work.extranonce2.len() != expected_extranonce2 {
         return Err(PowReject::Extranonce2Size {
             got: work.extranonce2.len(),
@@ -61,7 +78,17 @@ pub fn validate_share(
             max,
         });
     }
-    let header = job.job.header(work);
+    let header = match merkle_root {
+        Some(root) => BlockHeader {
+            version: work.version,
+            prev_hash: job.job.prev_hash.0,
+            merkle_root: root,
+            time: work.ntime,
+            bits: job.job.nbits.0,
+            nonce: work.nonce,
+        },
+        None => job.job.header(work),
+    };
     let pow_hash = algo.hash(&header.to_bytes());
     if !share_target.is_met_by(&pow_hash) {
         return Err(PowReject::LowDifficulty {

@@ -189,6 +189,110 @@ fn duplicate_share_is_rejected_with_code_22() {
 }
 
 #[test]
+fn duplicate_on_a_superseded_job_is_caught_within_grace_and_its_records_go_after_it() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let old = r.book.current().unwrap().clone();
+    let share = target_of(1.0 / 16_777_216.0);
+    let nonce = r.find_nonce(&old, 0x2000_0000, share, None);
+    assert_eq!(
+        r.send(&submit_line(7, "1", nonce)),
+        vec![r#"{"id":7,"result":true,"error":null}"#]
+    );
+    // A new job on the same prevhash: job 1 stays live for the grace period, and so does its
+    // record of accepted shares.
+    r.publish(job(2, 1, false, HARD_BITS));
+    assert_eq!(
+        r.send(&submit_line(8, "1", nonce)),
+        vec![r#"{"id":8,"result":null,"error":[22,"Duplicate share",null]}"#]
+    );
+    assert_eq!(r.s.jobs[0].seen.len(), 1);
+    // Past the grace period the next job frees it: such a share is stale before it could be a
+    // duplicate.
+    r.now += Duration::from_secs(31);
+    r.publish(job(3, 1, false, HARD_BITS));
+    assert_eq!(r.s.jobs[0].entry.job.id.as_str(), "1");
+    assert_eq!(r.s.jobs[0].seen.capacity(), 0);
+    assert_eq!(
+        r.send(&submit_line(9, "1", nonce)),
+        vec![r#"{"id":9,"result":null,"error":[21,"Stale share",null]}"#]
+    );
+    assert_eq!(r.events.len(), 1);
+}
+
+#[test]
+fn many_shares_on_one_job_are_each_accepted_once() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let j = r.book.current().unwrap().clone();
+    let share = target_of(1.0 / 16_777_216.0);
+    let mut nonces = Vec::new();
+    let mut from = 0;
+    for _ in 0..5 {
+        let n = r.find_nonce_from(from, &j, 0x2000_0000, share, None);
+        nonces.push(n);
+        from = n + 1;
+    }
+    for (i, n) in nonces.iter().enumerate() {
+        let resp = r.send(&submit_line(10 + i as u32, "1", *n));
+        assert_eq!(
+            resp[0],
+            format!(r#"{{"id":{},"result":true,"error":null}}"#, 10 + i)
+        );
+    }
+    // Again, in another order: every one is a duplicate.
+    for (i, n) in nonces.iter().rev().enumerate() {
+        let resp = r.send(&submit_line(20 + i as u32, "1", *n));
+        assert!(resp[0].contains("[22,\"Duplicate share\""), "{resp:?}");
+    }
+    assert_eq!(r.events.len(), 5);
+    let seen = &r.s.jobs[0].seen;
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "kept sorted");
+}
+
+#[test]
+fn a_share_under_another_extranonce2_is_judged_by_its_own_merkle_root() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let j = r.book.current().unwrap().clone();
+    let share = target_of(1.0 / 16_777_216.0);
+    let first = r.find_nonce(&j, 0x2000_0000, share, None);
+    assert_eq!(
+        r.send(&submit_line(7, "1", first)),
+        vec![r#"{"id":7,"result":true,"error":null}"#]
+    );
+    // A nonce that meets the target under extranonce2 00000001 but not under 00000002: with
+    // the first share's root reused it would pass.
+    let e2 = Extranonce::from_hex("00000002").unwrap();
+    let hash_under = |nonce: u32, e2: Extranonce| {
+        let w = ShareWork {
+            extranonce1: r.s.extranonce1(),
+            extranonce2: e2,
+            ntime: j.job.ntime,
+            nonce,
+            version: 0x2000_0000,
+        };
+        PowAlgorithm::Sha256d.hash(&j.job.header(&w).to_bytes())
+    };
+    let mut nonce = first + 1;
+    loop {
+        nonce = r.find_nonce_from(nonce, &j, 0x2000_0000, share, None);
+        if !share.is_met_by(&hash_under(nonce, e2)) {
+            break;
+        }
+        nonce += 1;
+    }
+    let line = format!(
+        r#"{{"id":8,"method":"mining.submit","params":["acct.rig1","1","00000002","5e9a0b0c","{nonce:08x}"]}}"#
+    );
+    assert_eq!(
+        r.send(&line),
+        vec![r#"{"id":8,"result":null,"error":[23,"Low difficulty share",null]}"#]
+    );
+    assert_eq!(r.events.len(), 1);
+}
+
+#[test]
 fn low_difficulty_share_is_rejected_with_code_23() {
     let mut r = Rig::new(cfg());
     r.login();

@@ -231,7 +231,15 @@ struct Worker<'a> {
     live: &'a Live,
     totals: MinerTotals,
     buf: Vec<u8>,
+    /// Miners of this thread authorized so far, and from when latency counts as steady.
+    authorized_here: usize,
+    steady_from: Option<Instant>,
+    miners_len: usize,
 }
+
+/// How long after the last miner of a thread was authorized its latency counts as steady
+/// (the last jobs of the ramp are still being sent).
+const STEADY_AFTER: Duration = Duration::from_secs(1);
 
 impl<'a> Worker<'a> {
     fn new(
@@ -255,6 +263,9 @@ impl<'a> Worker<'a> {
             live,
             totals: MinerTotals::default(),
             buf: vec![0; READ_BUF],
+            authorized_here: 0,
+            steady_from: None,
+            miners_len: indexes.len(),
         };
         for (slot, index) in indexes.into_iter().enumerate() {
             let first = match cfg.ramp {
@@ -308,7 +319,7 @@ impl<'a> Worker<'a> {
                     self.on_writable(slot);
                 }
                 if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.on_readable(slot);
+                    self.on_readable(slot, ev.is_read_closed() || ev.is_error());
                 }
             }
             // Wake-ups that are due; ones scheduled while serving them wait for the next turn.
@@ -500,7 +511,10 @@ impl<'a> Worker<'a> {
         self.pump(slot, now);
     }
 
-    fn on_readable(&mut self, slot: usize) {
+    /// Reads what the pool sent. Without `drain` a read shorter than the buffer ends it (the
+    /// socket was empty then; later data raises a new edge), saving a `WouldBlock` read per
+    /// answer.
+    fn on_readable(&mut self, slot: usize, drain: bool) {
         let Some(Miner {
             phase: Phase::Up(link),
             ..
@@ -519,6 +533,9 @@ impl<'a> Worker<'a> {
                             Ok(line) => link.session.handle_line(&line, at),
                             Err(e) => link.session.note_protocol_error(format!("framing: {e}")),
                         }
+                    }
+                    if n < self.buf.len() && !drain {
+                        break None;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
@@ -551,6 +568,7 @@ impl<'a> Worker<'a> {
             return;
         };
         let index = *index;
+        let miner_count = self.miners_len;
         let mut end = None;
         if draining.is_none() && cfg.churn.is_some_and(|c| now - link.connected_at >= c) {
             end = Some(End::Churn);
@@ -600,14 +618,27 @@ impl<'a> Worker<'a> {
                 Event::Authorized if !link.authorized => {
                     link.authorized = true;
                     self.live.authorized.fetch_add(1, Ordering::Relaxed);
+                    self.authorized_here += 1;
+                    if self.authorized_here == miner_count && self.steady_from.is_none() {
+                        self.steady_from = Some(now + STEADY_AFTER);
+                    }
                 }
                 Event::ShareAnswered {
                     latency: Some(l), ..
                 } => {
-                    self.totals
-                        .stats
-                        .latency_us
-                        .saturating_record(l.as_micros().min(u64::MAX as u128) as u64);
+                    let us = l.as_micros().min(u64::MAX as u128) as u64;
+                    self.totals.stats.latency_us.saturating_record(us);
+                    // Sent after the ramp settled and before hashing stopped.
+                    let sent = now.checked_sub(*l);
+                    let steady = match (self.steady_from, sent) {
+                        (Some(from), Some(sent)) => {
+                            sent >= from && draining.is_none_or(|d| sent < d)
+                        }
+                        _ => false,
+                    };
+                    if steady {
+                        self.totals.steady_latency_us.saturating_record(us);
+                    }
                 }
                 _ => {}
             }

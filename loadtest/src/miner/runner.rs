@@ -9,7 +9,8 @@
 //! connections, [`super::mio_runner`] drives the same sessions from a few event loops.
 
 use super::client::{Event, MinerSession, Profile, SessionConfig, SessionState, ShareMix, Verdict};
-use super::stats::{LatencySummary, MinerStats, SessionStats};
+use super::stats::{new_latency_histogram, LatencySummary, MinerStats, SessionStats};
+use hdrhistogram::Histogram;
 use relay::stratum::{LineFramer, DEFAULT_MAX_LINE};
 use relay::work::Difficulty;
 use relay::PowAlgorithm;
@@ -277,18 +278,36 @@ impl Live {
 }
 
 /// What the miners of one thread counted.
-#[derive(Default)]
 pub(super) struct MinerTotals {
     pub(super) stats: SessionStats,
+    /// Submit latency once every miner of the thread was up (see [`MinerStats::steady_latency_us`]).
+    pub(super) steady_latency_us: Histogram<u64>,
     pub(super) connects: u64,
     pub(super) connect_failures: u64,
     pub(super) disconnects: u64,
     pub(super) churn_disconnects: u64,
 }
 
+impl Default for MinerTotals {
+    fn default() -> Self {
+        MinerTotals {
+            stats: SessionStats::default(),
+            steady_latency_us: new_latency_histogram(),
+            connects: 0,
+            connect_failures: 0,
+            disconnects: 0,
+            churn_disconnects: 0,
+        }
+    }
+}
+
 impl MinerTotals {
     pub(super) fn merge(&mut self, t: &MinerTotals) {
         self.stats.merge(&t.stats);
+        for v in t.steady_latency_us.iter_recorded() {
+            self.steady_latency_us
+                .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+        }
         self.connects += t.connects;
         self.connect_failures += t.connect_failures;
         self.disconnects += t.disconnects;
@@ -304,6 +323,8 @@ impl MinerTotals {
             disconnects: self.disconnects,
             churn_disconnects: self.churn_disconnects,
             latency_us: LatencySummary::of(&self.stats.latency_us),
+            steady_latency_us: (!self.steady_latency_us.is_empty())
+                .then(|| LatencySummary::of(&self.steady_latency_us)),
             shares: self.stats.counts,
             problems: self.stats.problems,
             accepted_ids: self.stats.accepted_ids,

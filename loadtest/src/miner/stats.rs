@@ -210,6 +210,12 @@ pub struct MinerStats {
     pub shares: ShareCounts,
     /// `mining.submit` → response, microseconds.
     pub latency_us: LatencySummary,
+    /// The same after the connect ramp: only answers to shares submitted once every miner of
+    /// its event-loop thread had been authorized for a second, up to the end of hashing. The
+    /// ramp (thousands of handshakes, each followed by a 1.3 KB job) is not what a steady farm
+    /// sees; `None` when the run never got there (or the runner does not measure it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steady_latency_us: Option<LatencySummary>,
     pub problems: Vec<String>,
     /// Identities of accepted valid shares (only when `RunConfig::record_accepted`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -283,6 +289,13 @@ impl fmt::Display for MinerStats {
             "submit latency (us): n={} p50={} p99={} p99.9={} max={} mean={:.0}",
             l.count, l.p50, l.p99, l.p999, l.max, l.mean
         )?;
+        if let Some(l) = &self.steady_latency_us {
+            write!(
+                f,
+                "\nsteady submit latency (us, after the ramp): n={} p50={} p99={} p99.9={} max={} mean={:.0}",
+                l.count, l.p50, l.p99, l.p999, l.max, l.mean
+            )?;
+        }
         for p in &self.problems {
             write!(f, "\n  problem: {p}")?;
         }

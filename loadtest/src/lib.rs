@@ -16,6 +16,7 @@ pub mod process;
 pub mod scenario;
 pub mod stack;
 mod stack_cmd;
+pub mod storm;
 pub mod synthetic_core;
 pub mod synthetic_pool;
 pub mod tcp_impair;

@@ -18,6 +18,10 @@
 //!   unimpaired loopback, the miners on the far side of the impaired TCP link. What the miners
 //!   see is what they would see from any remote Stratum pool with the same server code.
 //!
+//! With a `[storm]` section the runner also starts `storm-worker` processes at `at_secs` (see
+//! [`crate::storm`]) and reports how the edge served and refused their connections, and the
+//! honest miners' figures before and during the storm.
+//!
 //! Every share the miners heard "accepted" is checked against the core's journal
 //! ([`crate::exactly_once`]): none may be missing, none credited twice.
 

@@ -194,7 +194,7 @@ pub fn start_with_spool(
         ));
     }
     let mut lanes = lanes.into_iter();
-    let std_listener = std::net::TcpListener::bind(cfg.listen)?;
+    let std_listener = bind_listener(cfg.listen)?;
     std_listener.set_nonblocking(true)?;
     let local_addr = std_listener.local_addr()?;
     let mut listener = TcpListener::from_std(std_listener);
@@ -378,6 +378,21 @@ impl Acceptor {
             }
         }
     }
+}
+
+/// Length of the kernel's accept queue (capped by `net.core.somaxconn`). In a connection storm
+/// the acceptor cannot keep up with every SYN at once; when the queue is full the kernel drops
+/// the SYN and the client retries a second later, so an over-limit miner would be refused a
+/// second late instead of at once. std's `TcpListener::bind` asks for only 128.
+const LISTEN_BACKLOG: i32 = 65_535;
+
+fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 trait LingerZero {
@@ -785,5 +800,27 @@ impl Connector {
         self.admission.slots.lock().release(slot);
         let n = self.admission.connected.fetch_sub(1, Ordering::Relaxed) - 1;
         metrics::gauge!("quarry_edge_miners_connected").set(n as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A storm must find room in the accept queue: 600 connections complete their handshake
+    /// against a listener that accepts none of them (std's backlog of 128 would leave all but
+    /// ~129 waiting for SYN retransmissions).
+    #[test]
+    fn the_listener_queues_a_storm_of_connections() {
+        let listener = bind_listener("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let mut held = Vec::new();
+        for i in 0..600 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Ok(s) => held.push(s),
+                Err(e) => panic!("connection {i} did not complete: {e}"),
+            }
+        }
+        assert_eq!(held.len(), 600);
     }
 }

@@ -53,6 +53,9 @@ pub enum Command {
     /// Measure proxy mining: the latency Quarry adds forwarding a share upstream, and the
     /// failover time, with sim pools in this process and quarry-core (proxy mode) as a child.
     BenchProxy(BenchProxyArgs),
+    /// One process of the `storm` scenario's connection storm (started by `run`).
+    #[command(hide = true)]
+    StormWorker(StormWorkerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +97,27 @@ pub struct BenchProxyArgs {
     pub failovers: usize,
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StormWorkerArgs {
+    /// The edge's Stratum address.
+    #[arg(long)]
+    pub target: std::net::SocketAddr,
+    #[arg(long)]
+    pub attempts: usize,
+    /// Source addresses, e.g. `127.0.0.10-11`.
+    #[arg(long)]
+    pub sources: SourceAddrs,
+    /// Seconds after which an undecided attempt counts as hung.
+    #[arg(long, default_value_t = 5.0)]
+    pub timeout: f64,
+    /// Seconds the served connections stay open after the last attempt resolved.
+    #[arg(long, default_value_t = 10.0)]
+    pub hold: f64,
+    /// Where the JSON report goes.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -418,6 +442,13 @@ pub fn main(cli: Cli) -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::StormWorker(args) => match storm_worker(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::BenchUplink(args) => match bench_uplink(&args) {
             Ok(code) => code,
             Err(e) => {
@@ -677,6 +708,24 @@ fn miners(args: &MinersArgs) -> ExitCode {
     } else {
         ExitCode::from(2)
     }
+}
+
+fn storm_worker(a: &StormWorkerArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let stop = edge::telemetry::stop_on_signals().context("installing signal handlers")?;
+    let r = crate::storm::run_worker(
+        a.target,
+        a.attempts,
+        &a.sources.0,
+        Duration::from_secs_f64(a.timeout),
+        Duration::from_secs_f64(a.hold),
+        &stop,
+    )?;
+    let tmp = a.out.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&r)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.out).with_context(|| format!("writing {}", a.out.display()))?;
+    Ok(())
 }
 
 fn run_scenario(args: &RunArgs) -> anyhow::Result<ExitCode> {

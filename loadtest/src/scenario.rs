@@ -18,6 +18,10 @@
 //!   unimpaired loopback, the miners on the far side of the impaired TCP link. What the miners
 //!   see is what they would see from any remote Stratum pool with the same server code.
 //!
+//! With a `[storm]` section the runner also starts `storm-worker` processes at `at_secs` (see
+//! [`crate::storm`]) and reports how the edge served and refused their connections, and the
+//! honest miners' figures before and during the storm.
+//!
 //! Every share the miners heard "accepted" is checked against the core's journal
 //! ([`crate::exactly_once`]): none may be missing, none credited twice.
 
@@ -26,15 +30,18 @@ use crate::bench_uplink::{accepted_shares, free_udp_port, CHEAP_DIFFICULTY};
 use crate::exactly_once::compare;
 use crate::hostile::{HostileClients, HostileReport, HostileSpec};
 use crate::impair::{Impairment, UdpProxy};
+use crate::miner::stats::new_latency_histogram;
 use crate::miner::{
     mio_runner, LatencySummary, MinerStats, ProfileChoice, Progress, RunConfig, ShareMix,
     StratumUrl,
 };
 use crate::process::{find_binary, free_port, metric_sum, scrape, ManagedProcess};
+use crate::storm::{read_worker_report, PhaseStats, StormReport, StormSpec, WorkerReport};
 use crate::synthetic_core::EDGE_ID;
 use crate::tcp_impair::{TcpImpairment, TcpProxy};
 use crate::udp_meter::UdpMeter;
 use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
 use relay::PowAlgorithm;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -73,6 +80,9 @@ pub struct Scenario {
     pub edge: EdgeSpec,
     #[serde(default)]
     pub hostile: HostileSpec,
+    /// A connection storm from worker processes while the miners run (the `storm` scenario).
+    #[serde(default)]
+    pub storm: Option<StormSpec>,
 }
 
 fn default_settle() -> f64 {
@@ -283,6 +293,12 @@ impl Scenario {
                 );
             }
         }
+        if let Some(st) = &self.storm {
+            st.check()?;
+            if self.baseline {
+                return bad("storm", "not supported with baseline = true".into());
+            }
+        }
         if self.baseline && self.link.bandwidth > 0 {
             return bad(
                 "link.bandwidth",
@@ -445,6 +461,18 @@ impl Rig {
         Ok(metric_sum(&scrape(self.edge_metrics)?, name))
     }
 
+    /// One label set of a metric (`label` as it appears in the exposition, e.g. `reason="x"`).
+    fn edge_metric_labelled(&self, name: &str, label: &str) -> anyhow::Result<f64> {
+        let body = scrape(self.edge_metrics)?;
+        Ok(body
+            .lines()
+            .filter(|l| {
+                l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(label)
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum())
+    }
+
     fn core_metric(&self, name: &str) -> anyhow::Result<f64> {
         Ok(metric_sum(&scrape(self.core_metrics)?, name))
     }
@@ -550,6 +578,13 @@ pub struct Sample {
     pub rejected_per_sec: f64,
     /// The link was cut during (part of) this second.
     pub blackout: bool,
+    /// Percentiles of the submit answers that arrived in this second (µs; 0 with no answer).
+    #[serde(default)]
+    pub answers: u64,
+    #[serde(default)]
+    pub submit_p50_us: u64,
+    #[serde(default)]
+    pub submit_p99_us: u64,
 }
 
 /// The edge process's resources (from /proc).
@@ -607,6 +642,7 @@ pub struct ScenarioReport {
     pub uplink: Uplink,
     pub edge: EdgeResources,
     pub hostile: Option<HostileReport>,
+    pub storm: Option<StormReport>,
     pub miner_stats: MinerStats,
     pub problems: Vec<String>,
 }
@@ -766,13 +802,33 @@ pub fn run(
     let mut peak_rss = rss_idle;
     let mut peak_connected = 0i64;
     let mut failure: Option<anyhow::Error> = None;
+    let mut second_latency = new_latency_histogram();
+    let mut storm = s.storm.as_ref().map(|spec| {
+        StormRun::new(
+            spec,
+            rig.edge_stratum,
+            &opts.out.join("rig"),
+            s.edge.max_connections,
+        )
+    });
     let miner_stop = stop.clone();
     let result = mio_runner::run(&rc, miner_stop.clone(), |p| {
         let t = p.elapsed.as_secs_f64();
         let want = s.link.blacked_out_at(t);
         peak_connected = peak_connected.max(p.connected);
+        if let Some(h) = &p.interval_latency_us {
+            let _ = second_latency.add(h);
+        }
+        if let Some(st) = storm.as_mut() {
+            if let Err(e) = st.on_progress(p, miners, &rig, &mut say) {
+                failure.get_or_insert(e);
+                miner_stop.store(true, Ordering::Relaxed);
+            }
+        }
         if p.elapsed.as_secs() > last.elapsed.as_secs() {
             let dt = (p.elapsed - last.elapsed).as_secs_f64().max(1e-3);
+            let lat = LatencySummary::of(&second_latency);
+            second_latency.reset();
             samples.push(Sample {
                 t_secs: (t * 10.0).round() / 10.0,
                 connected: p.connected,
@@ -780,6 +836,9 @@ pub fn run(
                 accepted_per_sec: (p.accepted - last.accepted) as f64 / dt,
                 rejected_per_sec: (p.rejected - last.rejected) as f64 / dt,
                 blackout: blackout_in_second,
+                answers: lat.count,
+                submit_p50_us: lat.p50,
+                submit_p99_us: lat.p99,
             });
             blackout_in_second = blackout_now;
             last = p.clone();
@@ -816,6 +875,10 @@ pub fn run(
         return Err(e.context("a process of the stack died during the run"));
     }
     let mut stats = result?;
+    let storm_report = match storm {
+        Some(st) => Some(st.finish(&rig, &stop, &mut say)?),
+        None => None,
+    };
     if stop.load(Ordering::Relaxed) {
         bail!("interrupted");
     }
@@ -897,10 +960,224 @@ pub fn run(
                 / peak_connected.max(1) as f64,
         },
         hostile: hostile_report,
+        storm: storm_report,
         miner_stats: stats,
         problems,
         spec: s,
     })
+}
+
+/// The storm's worker processes and the honest miners' figures around it.
+struct StormRun {
+    spec: StormSpec,
+    target: SocketAddr,
+    dir: PathBuf,
+    workers: Vec<(ManagedProcess, PathBuf)>,
+    started: Option<(Instant, Progress)>,
+    /// Set once every worker exited (or the miners' run ended first).
+    ended: Option<Progress>,
+    /// The first progress with every honest miner authorized: the "before" phase starts here.
+    ready: Option<Progress>,
+    latest: Progress,
+    before: Histogram<u64>,
+    during: Histogram<u64>,
+    peak_connected: i64,
+    honest_at_start: i64,
+    last_scrape: Instant,
+    edge_limit: usize,
+}
+
+impl StormRun {
+    fn new(spec: &StormSpec, target: SocketAddr, dir: &Path, edge_limit: usize) -> StormRun {
+        StormRun {
+            edge_limit,
+            spec: spec.clone(),
+            target,
+            dir: dir.to_path_buf(),
+            workers: Vec::new(),
+            started: None,
+            ended: None,
+            ready: None,
+            latest: Progress::default(),
+            before: new_latency_histogram(),
+            during: new_latency_histogram(),
+            peak_connected: 0,
+            honest_at_start: 0,
+            last_scrape: Instant::now(),
+        }
+    }
+
+    fn spawn_workers(&mut self) -> anyhow::Result<()> {
+        let me = find_binary("quarry-loadtest")?;
+        for i in 0..self.spec.processes {
+            let (attempts, addrs) = self.spec.worker_share(i);
+            let out = self.dir.join(format!("storm-worker-{i}.json"));
+            let _ = std::fs::remove_file(&out);
+            let first = addrs.first().map(ToString::to_string).unwrap_or_default();
+            let last_octet = match addrs.last() {
+                Some(IpAddr::V4(a)) => a.octets()[3].to_string(),
+                _ => String::new(),
+            };
+            let args = [
+                "storm-worker".to_string(),
+                "--target".into(),
+                self.target.to_string(),
+                "--attempts".into(),
+                attempts.to_string(),
+                "--sources".into(),
+                format!("{first}-{last_octet}"),
+                "--timeout".into(),
+                self.spec.timeout_secs.to_string(),
+                "--hold".into(),
+                self.spec.hold_secs.to_string(),
+                "--out".into(),
+                out.display().to_string(),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let log = self.dir.join(format!("storm-worker-{i}.log"));
+            let p = ManagedProcess::spawn(&format!("storm-worker-{i}"), &me, &args, &log)?;
+            self.workers.push((p, out));
+        }
+        Ok(())
+    }
+
+    fn all_exited(&mut self) -> bool {
+        self.workers
+            .iter_mut()
+            .all(|(p, _)| p.check_alive().is_err())
+    }
+
+    fn scrape_peak(&mut self, rig: &Rig) {
+        if let Ok(n) = rig.edge_metric("quarry_edge_miners_connected") {
+            self.peak_connected = self.peak_connected.max(n as i64);
+        }
+        self.last_scrape = Instant::now();
+    }
+
+    /// Called with every progress report of the honest miners.
+    fn on_progress(
+        &mut self,
+        p: &Progress,
+        honest: usize,
+        rig: &Rig,
+        say: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<()> {
+        self.latest = p.clone();
+        let h = p.interval_latency_us.as_ref();
+        match (&self.started, &self.ended) {
+            (None, _) => {
+                if self.ready.is_none() && p.authorized >= honest as i64 {
+                    self.ready = Some(p.clone());
+                } else if let (Some(_), Some(h)) = (&self.ready, h) {
+                    let _ = self.before.add(h);
+                }
+                if p.elapsed.as_secs_f64() >= self.spec.at_secs {
+                    if self.ready.is_none() {
+                        bail!(
+                            "storm: only {} of {honest} honest miners authorized at {} s",
+                            p.authorized,
+                            self.spec.at_secs
+                        );
+                    }
+                    self.honest_at_start = p.connected;
+                    say(&format!(
+                        "  {:6.1}s storm: {} attempts from {} processes",
+                        p.elapsed.as_secs_f64(),
+                        self.spec.attempts,
+                        self.spec.processes
+                    ));
+                    self.spawn_workers()?;
+                    self.started = Some((Instant::now(), p.clone()));
+                }
+            }
+            (Some(_), None) => {
+                if let Some(h) = h {
+                    let _ = self.during.add(h);
+                }
+                if self.last_scrape.elapsed() >= Duration::from_millis(250) {
+                    self.scrape_peak(rig);
+                    if self.all_exited() {
+                        self.ended = Some(p.clone());
+                        say(&format!(
+                            "  {:6.1}s storm over (edge peak {} connected)",
+                            p.elapsed.as_secs_f64(),
+                            self.peak_connected
+                        ));
+                    }
+                }
+            }
+            (Some(_), Some(_)) => {}
+        }
+        Ok(())
+    }
+
+    /// Waits for the workers (bounded), merges their reports, and adds the honest phases.
+    fn finish(
+        mut self,
+        rig: &Rig,
+        stop: &AtomicBool,
+        say: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<StormReport> {
+        let Some((t_start, p_start)) = self.started.clone() else {
+            bail!(
+                "storm: the miners' run ended before the storm was due at {} s",
+                self.spec.at_secs
+            );
+        };
+        let p_end = self.ended.clone().unwrap_or_else(|| self.latest.clone());
+        let limit = Duration::from_secs_f64(self.spec.timeout_secs + self.spec.hold_secs + 120.0);
+        while !self.all_exited() {
+            if stop.load(Ordering::Relaxed) {
+                bail!("interrupted");
+            }
+            if t_start.elapsed() > limit {
+                for (p, _) in &mut self.workers {
+                    p.kill();
+                }
+                bail!("storm: the workers did not finish within {limit:?}");
+            }
+            self.scrape_peak(rig);
+            thread::sleep(Duration::from_millis(250));
+        }
+        let mut reports: Vec<WorkerReport> = Vec::new();
+        for (p, out) in &mut self.workers {
+            match read_worker_report(out) {
+                Ok(r) => reports.push(r),
+                Err(e) => {
+                    let why = p
+                        .check_alive()
+                        .err()
+                        .map_or(String::new(), |e| format!("{e:#}"));
+                    bail!("storm: {e:#}; {why}");
+                }
+            }
+        }
+        let mut r = StormReport::merge(&self.spec, &reports);
+        r.edge_limit = self.edge_limit;
+        r.edge_peak_connected = self.peak_connected;
+        r.honest_connected_at_start = self.honest_at_start;
+        r.edge_refused_max_connections = rig
+            .edge_metric_labelled(
+                "quarry_edge_connections_refused_total",
+                "reason=\"max_connections\"",
+            )
+            .unwrap_or(0.0) as u64;
+        let phase = |a: &Progress, b: &Progress, h: &Histogram<u64>| PhaseStats {
+            secs: (b.elapsed.saturating_sub(a.elapsed)).as_secs_f64(),
+            submitted: b.submitted.saturating_sub(a.submitted),
+            accepted: b.accepted.saturating_sub(a.accepted),
+            rejected: b.rejected.saturating_sub(a.rejected),
+            submit_latency_us: LatencySummary::of(h),
+        };
+        let ready = self.ready.clone().unwrap_or_default();
+        r.honest_before = phase(&ready, &p_start, &self.before);
+        r.honest_during = phase(&p_start, &p_end, &self.during);
+        say(&format!(
+            "  storm: {} attempts, {} served, {} refused, {} hung",
+            r.attempts, r.served, r.refused, r.hung
+        ));
+        Ok(r)
+    }
 }
 
 /// Writes report.json, summary.txt and throughput.svg into `out`.
@@ -998,6 +1275,9 @@ pub fn summary(r: &ScenarioReport) -> String {
     if let Some(h) = &r.hostile {
         let _ = writeln!(o, "hostile: {h}");
     }
+    if let Some(st) = &r.storm {
+        storm_summary(&mut o, st);
+    }
     for p in r.problems.iter().take(10) {
         let _ = writeln!(o, "problem: {p}");
     }
@@ -1010,9 +1290,53 @@ pub fn summary(r: &ScenarioReport) -> String {
     o
 }
 
-/// A hand-written SVG line plot: accepted and rejected shares/s over time, blackouts shaded,
-/// the run's p50 and p99 submit latency in the title. (Per-second latency percentiles are not
-/// collected: the miners keep one histogram per run.)
+fn storm_summary(o: &mut String, st: &StormReport) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let _ = writeln!(
+        o,
+        "storm: {} attempts from {} processes in {:.2} s ({:.0}/s, at most {} sockets per process)",
+        st.attempts,
+        st.processes,
+        st.connect_secs,
+        st.attempts_per_sec,
+        st.max_open_sockets_per_process
+    );
+    let _ = writeln!(
+        o,
+        "  served {} (+ {} honest = {} of the limit {}); edge peak connected {}; refused {} {:?}; hung {}; served then dropped {}",
+        st.served,
+        st.honest_connected_at_start,
+        st.served as i64 + st.honest_connected_at_start,
+        st.edge_limit,
+        st.edge_peak_connected,
+        st.refused,
+        st.outcomes,
+        st.hung,
+        st.served_dropped_while_held
+    );
+    let (a, b) = (&st.time_to_served_us, &st.time_to_refusal_us);
+    let _ = writeln!(
+        o,
+        "  connect → served p50 {:.1} ms p99 {:.1} ms max {:.1} ms; connect → refused p50 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms max {:.1} ms; edge counted {} refused (max_connections)",
+        ms(a.p50), ms(a.p99), ms(a.max), ms(b.p50), ms(b.p99), ms(b.p999), ms(b.max),
+        st.edge_refused_max_connections
+    );
+    if !st.error_lines.is_empty() {
+        let _ = writeln!(o, "  Stratum errors seen: {:?}", st.error_lines);
+    }
+    for (name, p) in [("before", &st.honest_before), ("during", &st.honest_during)] {
+        let l = &p.submit_latency_us;
+        let _ = writeln!(
+            o,
+            "  honest miners {name} the storm ({:.1} s): submitted {} accepted {} rejected {}; submit p50 {:.3} ms p99 {:.3} ms p99.9 {:.3} ms max {:.3} ms",
+            p.secs, p.submitted, p.accepted, p.rejected, ms(l.p50), ms(l.p99), ms(l.p999), ms(l.max)
+        );
+    }
+}
+
+/// A hand-written SVG plot in two panels over the same time axis: accepted and rejected
+/// shares/s, and below it the submit latency p50 and p99 of each second (from the answers that
+/// arrived in that second), blackouts shaded in both.
 pub fn svg(r: &ScenarioReport) -> String {
     let (w, h, ml, mr, mt, mb) = (800.0, 360.0, 60.0, 20.0, 40.0, 40.0);
     let pw = w - ml - mr;
@@ -1027,17 +1351,22 @@ pub fn svg(r: &ScenarioReport) -> String {
     let x = |t: f64| ml + pw * t / tmax;
     let y = |v: f64| mt + ph * (1.0 - v / ymax);
     let mut o = String::new();
+    // The latency panel sits under the throughput panel.
+    let (lt, lh) = (h + 10.0, 170.0);
+    let total = lt + lh + 40.0;
     let _ = writeln!(
         o,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{total}" font-family="sans-serif" font-size="12">"#
     );
-    let _ = writeln!(o, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(o, r#"<rect width="{w}" height="{total}" fill="white"/>"#);
     let mut prev_t = 0.0;
     for s in &r.throughput {
         if s.blackout {
             let _ = writeln!(
                 o,
-                r##"<rect x="{:.1}" y="{mt}" width="{:.1}" height="{ph}" fill="#ddd"/>"##,
+                r##"<rect x="{:.1}" y="{mt}" width="{:.1}" height="{ph}" fill="#ddd"/><rect x="{:.1}" y="{lt}" width="{:.1}" height="{lh}" fill="#ddd"/>"##,
+                x(prev_t),
+                (x(s.t_secs) - x(prev_t)).max(1.0),
                 x(prev_t),
                 (x(s.t_secs) - x(prev_t)).max(1.0)
             );
@@ -1088,6 +1417,65 @@ pub fn svg(r: &ScenarioReport) -> String {
             .throughput
             .iter()
             .map(|s| format!("{:.1},{:.1}", x(s.t_secs), y(f(s))))
+            .collect();
+        let _ = writeln!(
+            o,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
+            points.join(" ")
+        );
+    }
+    let lmax = r
+        .throughput
+        .iter()
+        .map(|s| s.submit_p99_us as f64 / 1000.0)
+        .fold(0.1, f64::max)
+        * 1.1;
+    let ly = |ms: f64| lt + lh * (1.0 - ms / lmax);
+    let _ = writeln!(
+        o,
+        r#"<line x1="{ml}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{ml}" y1="{lt}" x2="{ml}" y2="{}" stroke="black"/>"#,
+        lt + lh,
+        ml + pw,
+        lt + lh,
+        lt + lh
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{}" y="{}">submit latency per second, ms: p99 (purple), p50 (green)</text>"#,
+        ml + 10.0,
+        lt + 14.0
+    );
+    for i in 0..=4 {
+        let v = lmax * f64::from(i) / 4.0;
+        let _ = writeln!(
+            o,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{:.2}</text>"#,
+            ml - 4.0,
+            ly(v) + 4.0,
+            v
+        );
+        let t = tmax * f64::from(i) / 4.0;
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{:.0} s</text>"#,
+            x(t),
+            lt + lh + 20.0,
+            t
+        );
+    }
+    for (colour, f) in [
+        (
+            "purple",
+            (|s: &Sample| s.submit_p99_us) as fn(&Sample) -> u64,
+        ),
+        ("green", |s: &Sample| s.submit_p50_us),
+    ] {
+        // Seconds without answers (a blackout in a baseline) are gaps, not zeros.
+        let points: Vec<String> = r
+            .throughput
+            .iter()
+            .filter(|s| s.answers > 0)
+            .map(|s| format!("{:.1},{:.1}", x(s.t_secs), ly(f(s) as f64 / 1000.0)))
             .collect();
         let _ = writeln!(
             o,

@@ -22,8 +22,11 @@
 //! loaded machine the figure includes the time the answer waited for this loop to get to it.
 
 use super::client::{Event, MinerSession, SessionConfig, SessionState};
-use super::runner::{log_event, End, Live, MinerTotals, Progress, Published, RunConfig, RunError};
-use super::stats::MinerStats;
+use super::runner::{
+    log_event, End, Live, MinerTotals, Progress, Published, RunConfig, RunError, LATENCY_FLUSH,
+};
+use super::stats::{new_latency_histogram, MinerStats};
+use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use relay::stratum::{LineFramer, DEFAULT_MAX_LINE};
@@ -235,6 +238,9 @@ struct Worker<'a> {
     authorized_here: usize,
     steady_from: Option<Instant>,
     miners_len: usize,
+    /// Latencies answered since the last hand-over to `live` (for per-interval percentiles).
+    interval_latency: Histogram<u64>,
+    last_flush: Instant,
 }
 
 /// How long after the last miner of a thread was authorized its latency counts as steady
@@ -266,6 +272,8 @@ impl<'a> Worker<'a> {
             authorized_here: 0,
             steady_from: None,
             miners_len: indexes.len(),
+            interval_latency: new_latency_histogram(),
+            last_flush: start,
         };
         for (slot, index) in indexes.into_iter().enumerate() {
             let first = match cfg.ramp {
@@ -341,11 +349,23 @@ impl<'a> Worker<'a> {
             if self.timers.len() > 4 * self.miners.len() + 1024 {
                 self.compact_timers();
             }
+            if now >= self.last_flush + LATENCY_FLUSH {
+                self.flush_latencies(now);
+            }
         }
         for slot in 0..self.miners.len() {
             self.close(slot, End::Stopped);
         }
+        self.flush_latencies(Instant::now());
         Ok(self.totals)
+    }
+
+    fn flush_latencies(&mut self, now: Instant) {
+        self.last_flush = now;
+        if !self.interval_latency.is_empty() {
+            self.live.add_latencies(&self.interval_latency);
+            self.interval_latency.reset();
+        }
     }
 
     fn should_stop(&self, now: Instant) -> bool {
@@ -639,6 +659,7 @@ impl<'a> Worker<'a> {
                     if steady {
                         self.totals.steady_latency_us.saturating_record(us);
                     }
+                    self.interval_latency.saturating_record(us);
                 }
                 _ => {}
             }

@@ -226,7 +226,15 @@ pub struct Progress {
     pub rejected: u64,
     pub unexpected_rejects: u64,
     pub blocks: u64,
+    /// Submit latencies (µs) of the answers that arrived since the previous progress report,
+    /// so a caller can plot percentiles over time from real answers. Filled by the mio runner
+    /// (flushed from its threads every [`LATENCY_FLUSH`]); the threaded runner leaves it empty.
+    pub interval_latency_us: Option<Histogram<u64>>,
 }
+
+/// How often the mio runner's threads hand their interval latencies to [`Live`]: the
+/// attribution of an answer to a progress interval is late by at most this much.
+pub const LATENCY_FLUSH: Duration = Duration::from_millis(50);
 
 impl fmt::Display for Progress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -259,11 +267,29 @@ pub(super) struct Live {
     rejected: AtomicU64,
     unexpected: AtomicU64,
     blocks: AtomicU64,
+    /// Latencies answered since the last snapshot (touched every [`LATENCY_FLUSH`] per thread,
+    /// not per answer).
+    interval_latency: parking_lot::Mutex<Option<Histogram<u64>>>,
 }
 
 impl Live {
+    /// Adds a thread's interval latencies; the caller resets its own histogram.
+    pub(super) fn add_latencies(&self, h: &Histogram<u64>) {
+        let mut interval = self.interval_latency.lock();
+        let into = interval.get_or_insert_with(new_latency_histogram);
+        // Same bounds on both sides (new_latency_histogram), so this cannot fail.
+        let _ = into.add(h);
+    }
+
+    /// Totals now, and the latencies answered since the previous snapshot (taken away).
     pub(super) fn snapshot(&self, elapsed: Duration) -> Progress {
         Progress {
+            interval_latency_us: Some(
+                self.interval_latency
+                    .lock()
+                    .take()
+                    .unwrap_or_else(new_latency_histogram),
+            ),
             elapsed,
             connected: self.connected.load(Ordering::Relaxed),
             authorized: self.authorized.load(Ordering::Relaxed),

@@ -202,6 +202,35 @@ impl Stack {
             .call::<u64>("getblockcount", &[])?)
     }
 
+    /// Checks that the block at `height` is this stack's pool's: its coinbase scriptSig carries
+    /// `tag` and an output pays the pool's payout address.
+    pub fn check_pool_coinbase(&self, height: u64, tag: &str) -> anyhow::Result<()> {
+        use serde_json::{json, Value};
+        let rpc = self.regtest.rpc_client();
+        let hash: String = rpc.call("getblockhash", &[json!(height)])?;
+        let block: Value = rpc.call("getblock", &[json!(hash), json!(2)])?;
+        let coinbase = &block["tx"][0];
+        let script_sig = coinbase["vin"][0]["coinbase"].as_str().unwrap_or("");
+        anyhow::ensure!(
+            script_sig.contains(&hex::encode(tag)),
+            "block {height}: coinbase scriptSig {script_sig} lacks the pool tag {tag}"
+        );
+        let payout = self.regtest.payout_address().to_string();
+        let pays = coinbase["vout"].as_array().is_some_and(|outs| {
+            outs.iter().any(|o| {
+                o["scriptPubKey"]["address"].as_str() == Some(payout.as_str())
+                    || o["scriptPubKey"]["addresses"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(payout.as_str())))
+            })
+        });
+        anyhow::ensure!(
+            pays,
+            "block {height}: coinbase does not pay {payout}: {coinbase}"
+        );
+        Ok(())
+    }
+
     /// Stops the edge, the pool, then the daemons.
     pub fn stop(mut self) {
         if let Some(e) = self.edge.as_mut() {

@@ -10,7 +10,6 @@ use loadtest::miner::{self, ProfileChoice, RunConfig, StratumUrl};
 use loadtest::proxy_rig::{ProxyCore, ProxyCoreOptions, UpstreamEntry};
 use loadtest::stack::{fresh_dir, remove_dir, Stack, StackOptions};
 use relay::PowAlgorithm;
-use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,25 +88,10 @@ fn miners_behind_a_proxying_quarry_find_blocks_the_upstreams_litecoind_accepts()
     );
 
     // The blocks are the upstream's: its coinbase, tag and payout.
-    let rpc = upstream.regtest.rpc_client();
-    let payout = upstream.regtest.payout_address().to_string();
-    let tag_hex = hex::encode("/upstream-pool/");
     for height in start_height + 1..=end_height {
-        let hash: String = rpc.call("getblockhash", &[json!(height)]).unwrap();
-        let block: Value = rpc.call("getblock", &[json!(hash), json!(2)]).unwrap();
-        let coinbase = &block["tx"][0];
-        let script_sig = coinbase["vin"][0]["coinbase"].as_str().unwrap();
-        assert!(
-            script_sig.contains(&tag_hex),
-            "block {height}: coinbase {script_sig} lacks the upstream's tag"
-        );
-        let pays = coinbase["vout"].as_array().unwrap().iter().any(|o| {
-            o["scriptPubKey"]["address"].as_str() == Some(payout.as_str())
-                || o["scriptPubKey"]["addresses"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(payout.as_str())))
-        });
-        assert!(pays, "block {height} does not pay the upstream's address");
+        upstream
+            .check_pool_coinbase(height, "/upstream-pool/")
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
     proxy.stop();
     upstream.stop();

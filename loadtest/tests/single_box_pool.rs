@@ -8,7 +8,6 @@
 use loadtest::miner::{self, ProfileChoice, RunConfig, StratumUrl};
 use loadtest::stack::{fresh_dir, remove_dir, Stack, StackOptions};
 use relay::PowAlgorithm;
-use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,7 +20,6 @@ fn miners_find_blocks_through_quarry_that_litecoind_accepts() {
         ..StackOptions::new(dir.clone())
     })
     .expect("stack starts");
-    let rpc = stack.regtest.rpc_client();
     let start_height = stack.block_count().unwrap();
     assert!(start_height >= 432, "MWEB must be active before mining");
 
@@ -60,27 +58,10 @@ fn miners_find_blocks_through_quarry_that_litecoind_accepts() {
     );
     assert_eq!(stats.shares.unexpected_rejects, 0, "{stats}");
 
-    let payout = stack.regtest.payout_address().to_string();
-    let tag_hex = hex::encode("/quarry-it/");
     for height in start_height + 1..=end_height {
-        let hash: String = rpc.call("getblockhash", &[json!(height)]).unwrap();
-        let block: Value = rpc.call("getblock", &[json!(hash), json!(2)]).unwrap();
-        let coinbase = &block["tx"][0];
-        let script_sig = coinbase["vin"][0]["coinbase"].as_str().unwrap();
-        assert!(
-            script_sig.contains(&tag_hex),
-            "block {height}: coinbase scriptSig {script_sig} lacks the pool tag"
-        );
-        let pays_pool = coinbase["vout"].as_array().unwrap().iter().any(|o| {
-            o["scriptPubKey"]["address"].as_str() == Some(payout.as_str())
-                || o["scriptPubKey"]["addresses"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(payout.as_str())))
-        });
-        assert!(
-            pays_pool,
-            "block {height}: coinbase does not pay {payout}: {coinbase}"
-        );
+        stack
+            .check_pool_coinbase(height, "/quarry-it/")
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
     stack.stop();
     remove_dir(&dir);

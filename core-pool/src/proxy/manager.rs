@@ -191,7 +191,7 @@ pub(super) fn run(
         }
         loop {
             match commands.try_recv() {
-                Ok(Command::Forward { share, reply }) => m.forward(share, reply, Instant::now()),
+                Ok(Command::Forward { share, reply }) => m.forward(share, reply),
                 Ok(Command::Stop) | Err(crossbeam_channel::TryRecvError::Disconnected) => {
                     for s in &mut m.slots {
                         if let Some(c) = s.conn.take() {
@@ -313,23 +313,16 @@ impl Manager {
 
     fn on_closed(&mut self, i: usize, reason: String, now: Instant) {
         let s = &mut self.slots[i];
-        s.conn = None;
-        s.conn_tag = None;
-        let was_ready = s.ready.take().is_some();
-        s.last_job = None;
+        let was_ready = s.ready.is_some();
         let delay = s.backoff.next_delay(rand::random());
-        s.retry_at = Some(s.retry_at.map_or(now + delay, |t| t.max(now + delay)));
+        let retry = s.retry_at.map_or(now + delay, |t| t.max(now + delay));
         // A moved target is honoured for one attempt; a failure there goes back to the config.
         if !was_ready {
             s.target = s.spec.url.clone();
         }
-        self.selector.set_down(i);
         let name = s.spec.name.clone();
-        let label = name.clone();
-        metrics::gauge!("quarry_core_upstream_connected", "upstream" => label).set(0.0);
-        self.stats(|st| st.upstreams[i].connected = false);
-        // Tickets of this connection will never be answered.
-        self.settle_tickets(i, now);
+        // Tickets of this connection will never be answered: drop_conn settles them.
+        self.drop_conn(i, retry, now);
         if was_ready {
             warn!(upstream = %name, %reason, retry_in = ?delay, "upstream connection lost");
         } else {
@@ -601,12 +594,7 @@ impl Manager {
         }
     }
 
-    fn forward(
-        &mut self,
-        share: ShareData,
-        reply: Option<Sender<Result<(), String>>>,
-        now: Instant,
-    ) {
+    fn forward(&mut self, share: ShareData, reply: Option<Sender<Result<(), String>>>) {
         let algorithm = self.shared.config.algorithm;
         let Some((job, origin)) = self.shared.lookup(&share.job_id) else {
             return self.not_forwarded(&ForwardError::UnknownJob(share.job_id.clone()), reply);
@@ -693,7 +681,6 @@ impl Manager {
                 reply,
             },
         );
-        let _ = now;
     }
 
     fn verdict(&mut self, ticket: u64, verdict: ShareVerdict, latency: Duration, now: Instant) {

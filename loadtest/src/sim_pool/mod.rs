@@ -582,11 +582,9 @@ fn serve(
                 Push::Difficulty(d) => {
                     session.difficulty = d;
                     out.extend_from_slice(
-                        format!(
-                            "{{\"id\":null,\"method\":\"mining.set_difficulty\",\"params\":[{}]}}\n",
-                            d.value()
-                        )
-                        .as_bytes(),
+                        relay::stratum::ServerNotification::SetDifficulty(d)
+                            .encode(&relay::stratum::RequestId::Null)
+                            .as_bytes(),
                     );
                 }
                 Push::Extranonce => {

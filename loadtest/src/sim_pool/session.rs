@@ -88,11 +88,10 @@ impl SimSession {
         if difficulty != self.difficulty || self.job_difficulty.is_empty() {
             self.difficulty = difficulty;
             out.extend_from_slice(
-                json!({"id": null, "method": "mining.set_difficulty", "params": [difficulty.value()]})
-                    .to_string()
+                relay::stratum::ServerNotification::SetDifficulty(difficulty)
+                    .encode(&relay::stratum::RequestId::Null)
                     .as_bytes(),
             );
-            out.push(b'\n');
         }
         self.job_difficulty
             .insert(job.job.id.as_str().into(), self.difficulty);

@@ -249,10 +249,8 @@ fn run(
             poll.registry().reregister(&mut sock, SOCKET, interest)?;
             writable_armed = want_write;
         }
-        while let Some(ev) = session.poll_event() {
-            if events.send((tag, ConnEvent::Session(ev))).is_err() {
-                return Ok("owner went away".into());
-            }
+        if !hand_over(&mut session, tag, events) {
+            return Ok("owner went away".into());
         }
         let now = Instant::now();
         let idle_deadline = last_heard + opts.idle_timeout;
@@ -297,9 +295,7 @@ fn run(
                     Some(Ok(line)) => {
                         last_heard = now;
                         if let Err(e) = session.handle_line(&line, now) {
-                            while let Some(ev) = session.poll_event() {
-                                let _ = events.send((tag, ConnEvent::Session(ev)));
-                            }
+                            hand_over(&mut session, tag, events);
                             return Ok(e.to_string());
                         }
                     }
@@ -314,9 +310,7 @@ fn run(
                 }
             }
             if eof {
-                while let Some(ev) = session.poll_event() {
-                    let _ = events.send((tag, ConnEvent::Session(ev)));
-                }
+                hand_over(&mut session, tag, events);
                 return Ok("the pool closed the connection".into());
             }
         }
@@ -324,6 +318,20 @@ fn run(
             .handle_timeout(now)
             .map_err(|e| io::Error::new(ErrorKind::TimedOut, e.to_string()))?;
     }
+}
+
+/// Sends the session's pending events to the owner; false when the owner is gone.
+fn hand_over(
+    session: &mut UpstreamSession,
+    tag: usize,
+    events: &Sender<(usize, ConnEvent)>,
+) -> bool {
+    while let Some(ev) = session.poll_event() {
+        if events.send((tag, ConnEvent::Session(ev))).is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Reads what is there; true at end of stream.

@@ -130,6 +130,16 @@ impl ProxyCore {
             .sum())
     }
 
+    /// The samples of metric `name`, label sets and values, for failure messages.
+    pub fn metric_lines(&self, name: &str) -> anyhow::Result<Vec<String>> {
+        let body = crate::process::scrape(self.metrics)?;
+        Ok(body
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .map(str::to_string)
+            .collect())
+    }
+
     pub fn stop(mut self) {
         self.process.stop(Duration::from_secs(10));
     }

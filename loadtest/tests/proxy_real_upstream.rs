@@ -81,7 +81,24 @@ fn miners_behind_a_proxying_quarry_find_blocks_the_upstreams_litecoind_accepts()
     );
     assert_eq!(stats.shares.unexpected_rejects, 0, "{stats}");
     assert!(forwarded >= 3.0, "forwarded {forwarded}");
-    assert_eq!(rejected, 0.0, "the upstream rejected valid forwarded work");
+    // In regtest every share is a block, so the upstream's tip moves with each accepted share:
+    // a candidate already on the wire when the upstream moves on is answered `21 Stale share`.
+    // That race is the link's, not a fault in the forwarded work; anything else is a fault.
+    let stale = proxy
+        .metric_with("quarry_core_upstream_rejects_total", "code=\"21\"")
+        .unwrap();
+    let reasons = proxy
+        .metric_lines("quarry_core_upstream_rejects_total")
+        .unwrap_or_default();
+    assert_eq!(
+        rejected - stale,
+        0.0,
+        "the upstream rejected valid forwarded work: {reasons:?}"
+    );
+    assert!(
+        stale * 4.0 <= forwarded,
+        "{stale} of {forwarded} forwarded shares were stale at the upstream: {reasons:?}"
+    );
     assert!(
         blocks_upstream >= 3.0,
         "upstream counted {blocks_upstream} blocks"

@@ -70,6 +70,8 @@ const WAKER: Token = Token(usize::MAX - 2);
 /// State shared by the acceptor and connectors, touched only on connect and disconnect.
 struct Admission {
     connected: AtomicUsize,
+    /// Wakes the acceptor when a connection closes at full house, so it reopens at once.
+    acceptor: Arc<Waker>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     banned: Mutex<HashMap<IpAddr, Instant>>,
     slots: Mutex<SlotAllocator>,
@@ -199,8 +201,11 @@ pub fn start_with_spool(
     let local_addr = std_listener.local_addr()?;
     let mut listener = TcpListener::from_std(std_listener);
     let shutdown = Arc::new(AtomicBool::new(false));
+    let apoll = Poll::new()?;
+    let acceptor_waker = Arc::new(Waker::new(apoll.registry(), WAKER)?);
     let admission = Arc::new(Admission {
         connected: AtomicUsize::new(0),
+        acceptor: acceptor_waker.clone(),
         per_ip: Mutex::new(HashMap::new()),
         banned: Mutex::new(HashMap::new()),
         slots: Mutex::new(SlotAllocator::new(cfg.layout, cfg.prefix)),
@@ -239,8 +244,6 @@ pub fn start_with_spool(
                 .spawn(move || c.run())?,
         );
     }
-    let apoll = Poll::new()?;
-    let acceptor_waker = Arc::new(Waker::new(apoll.registry(), WAKER)?);
     apoll
         .registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -253,6 +256,7 @@ pub fn start_with_spool(
         admission: admission.clone(),
         shutdown: shutdown.clone(),
         refused_logged: 0,
+        open: true,
     };
     handles.push(
         std::thread::Builder::new()
@@ -289,27 +293,87 @@ struct Acceptor {
     admission: Arc<Admission>,
     shutdown: Arc<AtomicBool>,
     refused_logged: u64,
+    /// Whether the listener is listening. At full house it is not: see [`Acceptor::close_door`].
+    open: bool,
 }
+
+/// How often a closed door checks for room, should a wake-up from a closing connection be missed.
+const DOOR_RECHECK: Duration = Duration::from_millis(20);
 
 impl Acceptor {
     fn run(mut self) {
         let mut events = Events::with_capacity(64);
         while !self.shutdown.load(Ordering::Relaxed) {
-            if let Err(e) = self
-                .poll
-                .poll(&mut events, Some(Duration::from_millis(500)))
-            {
+            let timeout = if self.open {
+                Duration::from_millis(500)
+            } else {
+                DOOR_RECHECK
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     tracing::error!(error = %e, "acceptor poll failed");
                     return;
                 }
             }
-            for ev in events.iter() {
-                if ev.token() == LISTENER {
-                    self.accept_all();
-                }
+            if !self.open
+                && self.admission.connected.load(Ordering::Relaxed) < self.cfg.max_connections
+            {
+                self.open_door();
+            }
+            if self.open {
+                // Also after a reopen: connections may have queued while the door closed.
+                self.accept_all();
             }
         }
+    }
+
+    /// Stops listening at full house. The kernel then answers every SYN with a reset (the
+    /// miner's connect fails with "connection refused" within microseconds, and its firmware
+    /// moves on to its next pool) and resets whatever was still queued. Accepting each extra
+    /// connection just to reset it cost this thread ~30 µs apiece; in a storm the queue filled
+    /// and the kernel dropped SYNs that clients retried only after 1–3 s. The socket keeps its
+    /// port while closed (it was bound to an explicit port), so no one else can take it.
+    fn close_door(&mut self) {
+        match socket2::SockRef::from(&self.listener).shutdown(std::net::Shutdown::Read) {
+            Ok(()) => {
+                self.open = false;
+                metrics::counter!("quarry_edge_listener_closed_total").increment(1);
+                metrics::gauge!("quarry_edge_listener_open").set(0.0);
+                tracing::info!(
+                    max_connections = self.cfg.max_connections,
+                    "full house: not listening until a miner leaves (new connections are refused by the kernel)"
+                );
+            }
+            // Left open: the over-limit connections are then accepted and reset one by one.
+            Err(e) => tracing::warn!(error = %e, "could not stop listening at full house"),
+        }
+    }
+
+    fn open_door(&mut self) {
+        let before = self.listener.local_addr().ok();
+        if let Err(e) = socket2::SockRef::from(&self.listener).listen(LISTEN_BACKLOG) {
+            tracing::error!(error = %e, "could not listen again after a full house; retrying");
+            return;
+        }
+        let after = self.listener.local_addr().ok();
+        if before != after {
+            tracing::error!(
+                ?before,
+                ?after,
+                "the Stratum port changed when listening again"
+            );
+        }
+        // A fresh listen: make sure readiness is reported again for the same socket.
+        if let Err(e) =
+            self.poll
+                .registry()
+                .reregister(&mut self.listener, LISTENER, Interest::READABLE)
+        {
+            tracing::error!(error = %e, "could not re-register the listener");
+        }
+        self.open = true;
+        metrics::gauge!("quarry_edge_listener_open").set(1.0);
+        tracing::info!("room again: listening");
     }
 
     fn refuse(&mut self, stream: TcpStream, peer: SocketAddr, reason: &'static str) {
@@ -328,6 +392,8 @@ impl Acceptor {
             let (stream, peer) = match self.listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                // The door was closed under us (or the socket is not listening): wait.
+                Err(e) if e.kind() == ErrorKind::InvalidInput => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -352,7 +418,8 @@ impl Acceptor {
             }
             if self.admission.connected.load(Ordering::Relaxed) >= self.cfg.max_connections {
                 self.refuse(stream, peer, "max_connections");
-                continue;
+                self.close_door();
+                return;
             }
             {
                 let mut per_ip = self.admission.per_ip.lock();
@@ -377,6 +444,10 @@ impl Acceptor {
             if tx.send(ConnectorMsg::Conn(stream, peer, slot, e1)).is_ok() {
                 let _ = waker.wake();
             }
+            if n >= self.cfg.max_connections {
+                self.close_door();
+                return;
+            }
         }
     }
 }
@@ -387,11 +458,31 @@ impl Acceptor {
 /// second late instead of at once. std's `TcpListener::bind` asks for only 128.
 const LISTEN_BACKLOG: i32 = 65_535;
 
+/// Binds to an explicit port even when `addr` asks for any (port 0): Linux lets a socket bound
+/// to port 0 lose its port when it stops listening, and the full-house door
+/// ([`Acceptor::close_door`]) must get the same port back. The probe holding the kernel's pick
+/// is dropped only once the real listener has the port.
 fn bind_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
+    let new_socket = || -> io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        Ok(socket)
+    };
+    let mut explicit = addr;
+    let _probe = if addr.port() == 0 {
+        let probe = new_socket()?;
+        probe.bind(&addr.into())?;
+        let picked = probe.local_addr()?.as_socket().ok_or_else(|| {
+            io::Error::new(ErrorKind::InvalidData, "the probe socket has no address")
+        })?;
+        explicit.set_port(picked.port());
+        Some(probe)
+    } else {
+        None
+    };
+    let socket = new_socket()?;
+    socket.bind(&explicit.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     Ok(socket.into())
 }
@@ -824,6 +915,9 @@ impl Connector {
         self.admission.slots.lock().release(slot);
         let n = self.admission.connected.fetch_sub(1, Ordering::Relaxed) - 1;
         metrics::gauge!("quarry_edge_miners_connected").set(n as f64);
+        if n + 1 == self.cfg.max_connections {
+            let _ = self.admission.acceptor.wake();
+        }
     }
 }
 

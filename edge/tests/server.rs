@@ -63,7 +63,9 @@ struct Client {
 
 impl Client {
     fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).unwrap();
+        Client::from_stream(TcpStream::connect(addr).unwrap())
+    }
+    fn from_stream(s: TcpStream) -> Client {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         Client {
             r: BufReader::new(s.try_clone().unwrap()),
@@ -103,6 +105,24 @@ impl Client {
             r#"{"id":2,"result":true,"error":null}"#
         );
         self.recv_until("mining.notify");
+    }
+    /// Subscribes; false when the edge resets or closes the connection instead (full house).
+    fn try_login(&mut self) -> bool {
+        let line = b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[\"it/1\"]}\n";
+        if self.w.write_all(line).is_err() {
+            return false;
+        }
+        let mut l = String::new();
+        match self.r.read_line(&mut l) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        let v: serde_json::Value = serde_json::from_str(l.trim_end()).unwrap();
+        self.extranonce1 = Extranonce::from_hex(v["result"][1].as_str().unwrap()).unwrap();
+        self.send(r#"{"id":2,"method":"mining.authorize","params":["acct.w","x"]}"#);
+        self.recv_until(r#""id":2,"result":true"#);
+        self.recv_until("mining.notify");
+        true
     }
 }
 
@@ -214,21 +234,30 @@ fn connections_over_the_limit_are_refused_at_once_and_the_served_ones_keep_worki
         c.login();
     }
     for _ in 0..5 {
-        let mut extra = TcpStream::connect(server.local_addr()).unwrap();
-        extra
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let t = Instant::now();
-        // The server resets a refused connection at once; the write may or may not see it yet.
-        let _ = extra.write_all(b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n");
-        let mut buf = [0u8; 256];
-        match std::io::Read::read(&mut extra, &mut buf) {
-            Ok(0) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("refused connection must be closed, got {other:?}"),
-        }
-        assert!(t.elapsed() < Duration::from_secs(4));
+        assert_refused(server.local_addr());
     }
+    // A miner leaves: the door opens again and the next one is served, then it closes again.
+    drop(served.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut newcomer = loop {
+        match TcpStream::connect(server.local_addr()) {
+            Ok(s) => {
+                let mut c = Client::from_stream(s);
+                if c.try_login() {
+                    break c;
+                }
+            }
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused),
+        }
+        assert!(Instant::now() < deadline, "the door never opened again");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_refused(server.local_addr());
+    let nonce = find_share(&j, newcomer.extranonce1, 0);
+    newcomer.send(&format!(
+        r#"{{"id":9,"method":"mining.submit","params":["acct.w","1","00000000","65000000","{nonce:08x}"]}}"#
+    ));
+    assert_eq!(newcomer.recv(), r#"{"id":9,"result":true,"error":null}"#);
     let c = &mut served[0];
     let nonce = find_share(&j, c.extranonce1, 0);
     c.send(&format!(
@@ -236,4 +265,30 @@ fn connections_over_the_limit_are_refused_at_once_and_the_served_ones_keep_worki
     ));
     assert_eq!(c.recv(), r#"{"id":9,"result":true,"error":null}"#);
     assert_eq!(server.connected(), 3);
+}
+
+/// At full house the edge stops listening: the connect itself is refused by the kernel. A
+/// connection the acceptor took just before the door closed is reset instead. Either way
+/// within moments, never left waiting.
+fn assert_refused(addr: std::net::SocketAddr) {
+    let t = Instant::now();
+    let mut extra = match TcpStream::connect(addr) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            assert!(t.elapsed() < Duration::from_secs(1));
+            return;
+        }
+        Err(e) => panic!("connect failed with {e}, not a refusal"),
+        Ok(s) => s,
+    };
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = extra.write_all(b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n");
+    let mut buf = [0u8; 256];
+    match std::io::Read::read(&mut extra, &mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("refused connection must be closed, got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(4));
 }

@@ -1162,6 +1162,9 @@ impl StormRun {
                 "reason=\"max_connections\"",
             )
             .unwrap_or(0.0) as u64;
+        r.edge_listener_closed = rig
+            .edge_metric("quarry_edge_listener_closed_total")
+            .unwrap_or(0.0) as u64;
         let phase = |a: &Progress, b: &Progress, h: &Histogram<u64>| PhaseStats {
             secs: (b.elapsed.saturating_sub(a.elapsed)).as_secs_f64(),
             submitted: b.submitted.saturating_sub(a.submitted),
@@ -1317,9 +1320,9 @@ fn storm_summary(o: &mut String, st: &StormReport) {
     let (a, b) = (&st.time_to_served_us, &st.time_to_refusal_us);
     let _ = writeln!(
         o,
-        "  connect → served p50 {:.1} ms p99 {:.1} ms max {:.1} ms; connect → refused p50 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms max {:.1} ms; edge counted {} refused (max_connections)",
+        "  connect → served p50 {:.1} ms p99 {:.1} ms max {:.1} ms; connect → refused p50 {:.1} ms p99 {:.1} ms p99.9 {:.1} ms max {:.1} ms; edge reset {} after accepting them (max_connections) and stopped listening {} times at full house",
         ms(a.p50), ms(a.p99), ms(a.max), ms(b.p50), ms(b.p99), ms(b.p999), ms(b.max),
-        st.edge_refused_max_connections
+        st.edge_refused_max_connections, st.edge_listener_closed
     );
     if !st.error_lines.is_empty() {
         let _ = writeln!(o, "  Stratum errors seen: {:?}", st.error_lines);

@@ -479,6 +479,10 @@ pub struct StormReport {
     pub edge_peak_connected: i64,
     /// `quarry_edge_connections_refused_total{reason="max_connections"}` after the storm.
     pub edge_refused_max_connections: u64,
+    /// `quarry_edge_listener_closed_total`: how often the edge stopped listening at full house
+    /// (while closed, the kernel refuses connects and the edge counts nothing).
+    #[serde(default)]
+    pub edge_listener_closed: u64,
     /// Honest miners connected when the storm began (they count against the limit).
     pub honest_connected_at_start: i64,
     pub honest_before: PhaseStats,

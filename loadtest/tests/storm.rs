@@ -62,7 +62,18 @@ fn a_storm_is_served_up_to_the_limit_and_refused_beyond_it() {
     );
     assert_eq!(st.served_dropped_while_held, 0);
     assert_eq!(st.edge_peak_connected, 100);
-    assert_eq!(st.edge_refused_max_connections, 400 - st.served);
+    // At full house the edge stops listening, so most refusals are the kernel's (a refused
+    // connect, or a reset of what was queued); the few it accepted first it reset itself.
+    assert!(
+        st.edge_listener_closed >= 1,
+        "the edge never closed its door"
+    );
+    assert!(st.edge_refused_max_connections <= 400 - st.served);
+    assert!(
+        st.outcomes.contains_key(&Outcome::ConnectRefused),
+        "{:?}",
+        st.outcomes
+    );
     // The honest miners: every share accepted, before and during the storm, none dropped.
     assert!(st.honest_before.accepted > 0 && st.honest_during.accepted > 0);
     assert_eq!(st.honest_during.rejected, 0);

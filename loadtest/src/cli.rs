@@ -118,6 +118,9 @@ pub struct StormWorkerArgs {
     /// Where the JSON report goes.
     #[arg(long)]
     pub out: std::path::PathBuf,
+    /// Scheduling niceness for this worker (0–19), see the scenario's `storm.nice`.
+    #[arg(long, default_value_t = 0)]
+    pub nice: i32,
 }
 
 #[derive(Debug, Args)]
@@ -713,6 +716,17 @@ fn miners(args: &MinersArgs) -> ExitCode {
 fn storm_worker(a: &StormWorkerArgs) -> anyhow::Result<()> {
     use anyhow::Context;
     let stop = edge::telemetry::stop_on_signals().context("installing signal handlers")?;
+    if a.nice != 0 {
+        // SAFETY: setpriority only reads its integer arguments; 0 means this process.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, a.nice) };
+        if rc != 0 {
+            anyhow::bail!(
+                "setpriority({}): {}",
+                a.nice,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
     let r = crate::storm::run_worker(
         a.target,
         a.attempts,

@@ -1032,6 +1032,8 @@ impl StormRun {
                 self.spec.hold_secs.to_string(),
                 "--out".into(),
                 out.display().to_string(),
+                "--nice".into(),
+                self.spec.nice.to_string(),
             ];
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let log = self.dir.join(format!("storm-worker-{i}.log"));

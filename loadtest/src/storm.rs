@@ -49,6 +49,11 @@ pub struct StormSpec {
     /// Source addresses per worker: worker i uses 127.0.0.(10 + i·k) .. +k-1.
     #[serde(default = "default_addrs")]
     pub addrs_per_process: usize,
+    /// Niceness of the worker processes (0 = as the runner, up to 19). On a real farm the
+    /// storm's clients run on other machines; here they share the edge's cores, and a run with
+    /// the workers niced shows what the edge itself does to its served miners.
+    #[serde(default)]
+    pub nice: i32,
 }
 
 fn default_processes() -> usize {
@@ -85,6 +90,9 @@ impl StormSpec {
             return Err(
                 "storm.addrs_per_process: the workers' addresses must fit 127.0.0.10..250".into(),
             );
+        }
+        if !(0..=19).contains(&self.nice) {
+            return Err(format!("storm.nice: {} is not in 0..=19", self.nice));
         }
         for (key, v) in [
             ("storm.at_secs", self.at_secs),

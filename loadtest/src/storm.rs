@@ -635,6 +635,7 @@ mod tests {
             hold_secs: 1.0,
             timeout_secs: 5.0,
             addrs_per_process: 2,
+            nice: 0,
         };
         let shares: Vec<_> = (0..3).map(|i| spec.worker_share(i)).collect();
         assert_eq!(shares.iter().map(|s| s.0).sum::<usize>(), 10);
@@ -668,6 +669,7 @@ mod tests {
             hold_secs: 0.0,
             timeout_secs: 5.0,
             addrs_per_process: 1,
+            nice: 0,
         };
         let r = StormReport::merge(&spec, &[w.clone(), w]);
         assert_eq!((r.attempts, r.served, r.refused, r.hung), (10, 4, 4, 2));

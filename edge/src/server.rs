@@ -232,6 +232,7 @@ pub fn start_with_spool(
             events: Vec::new(),
             dirty: Vec::new(),
             broadcast: Vec::new(),
+            closing: std::collections::VecDeque::new(),
             lane: lanes.next(),
             last_sync: Instant::now(),
             pending_trim: None,
@@ -518,6 +519,8 @@ struct Conn {
     dirty: bool,
     /// The peer closed its side (or the socket failed); closed at the end of the turn.
     eof: bool,
+    /// Waiting in [`Connector::closing`] to be closed; nothing more is read or sent.
+    closing: bool,
 }
 
 struct Connector {
@@ -535,6 +538,8 @@ struct Connector {
     dirty: Vec<usize>,
     /// Connections still to be sent the current job book, a slice per loop turn.
     broadcast: Vec<usize>,
+    /// Finished connections still to be closed, a slice per loop turn.
+    closing: std::collections::VecDeque<(usize, Option<CloseReason>)>,
     lane: Option<LaneWriter>,
     last_sync: Instant,
     /// Highest lane index a durable batch covers, not trimmed yet.
@@ -552,6 +557,8 @@ const LANE_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Connections sent a new job per loop turn. A job is a 1.3 KB notify per connection; sent to
 /// all 5,000 of a thread's connections in one pass it held their answers for hundreds of ms.
 const BROADCAST_SLICE: usize = 256;
+/// Connections closed per loop turn when many hang up at once.
+const CLOSE_SLICE: usize = 256;
 
 impl Connector {
     /// Writes this turn's accepted shares to the lane and hands them to the kernel in one write.
@@ -632,7 +639,7 @@ impl Connector {
                 .get(key)
                 .and_then(|c| c.session.close_reason().cloned());
             if eof || reason.is_some() {
-                self.close(key, reason);
+                self.close_later(key, reason);
             }
         }
         // Keep the allocation for the next turn.
@@ -656,8 +663,9 @@ impl Connector {
         let mut buf = vec![0u8; 64 * 1024];
         let mut last_tick = Instant::now();
         while !self.shutdown.load(Ordering::Relaxed) {
-            // A broadcast in progress only looks for ready sockets between its slices.
-            let wait = if self.broadcast.is_empty() {
+            // A broadcast or a close wave in progress only looks for ready sockets between its
+            // slices.
+            let wait = if self.broadcast.is_empty() && self.closing.is_empty() {
                 Duration::from_millis(250)
             } else {
                 Duration::ZERO
@@ -686,6 +694,7 @@ impl Connector {
             }
             self.finish_turn();
             self.broadcast_slice();
+            self.close_slice();
             let now = Instant::now();
             self.sync_lane(now);
             self.trim_lane(now, false);
@@ -750,8 +759,9 @@ impl Connector {
         let from = self.broadcast.len().saturating_sub(BROADCAST_SLICE);
         let keys: Vec<usize> = self.broadcast.drain(from..).collect();
         for key in keys {
-            if let Some(c) = self.conns.get_mut(key) {
-                c.session.on_jobs(&self.book, now, &mut c.out);
+            match self.conns.get_mut(key) {
+                Some(c) if !c.closing => c.session.on_jobs(&self.book, now, &mut c.out),
+                _ => continue,
             }
             self.flush(key);
         }
@@ -779,6 +789,7 @@ impl Connector {
             out: Vec::new(),
             dirty: false,
             eof: false,
+            closing: false,
         });
     }
 
@@ -790,6 +801,9 @@ impl Connector {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
+            if c.closing {
+                return;
+            }
             loop {
                 match c.stream.read(buf) {
                     Ok(0) => {
@@ -886,6 +900,33 @@ impl Connector {
                 tracing::warn!(peer = %c.peer, pending = c.out.len(), "miner not reading its answers: closing");
             }
             self.close(key, None);
+        }
+    }
+
+    /// Queues a finished connection for [`Connector::close_slice`]. Closing is the expensive
+    /// part of a disconnect (deregister, and a close that runs the peer's loopback TCP stack
+    /// too): when a storm's 15,000 connections hung up at once, closing them inline held the
+    /// served miners' answers for 270 ms at p99.
+    fn close_later(&mut self, key: usize, reason: Option<CloseReason>) {
+        if let Some(c) = self.conns.get_mut(key) {
+            if !c.closing {
+                c.closing = true;
+                self.closing.push_back((key, reason));
+            }
+        }
+    }
+
+    /// Closes up to [`CLOSE_SLICE`] queued connections; the loop serves ready sockets between
+    /// slices.
+    fn close_slice(&mut self) {
+        for _ in 0..CLOSE_SLICE {
+            let Some((key, reason)) = self.closing.pop_front() else {
+                return;
+            };
+            // A key is only reused after its close, so a queued key still names its connection.
+            if self.conns.get(key).is_some_and(|c| c.closing) {
+                self.close(key, reason);
+            }
         }
     }
 

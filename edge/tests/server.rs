@@ -292,3 +292,56 @@ fn assert_refused(addr: std::net::SocketAddr) {
     }
     assert!(t.elapsed() < Duration::from_secs(4));
 }
+
+/// A wave of hang-ups is closed a slice per loop turn: every one is forgotten (its slot and
+/// its place under the limit come back) and the miner who stayed keeps being answered.
+#[test]
+fn a_wave_of_disconnects_is_closed_in_slices_and_the_survivor_keeps_working() {
+    let (tx, _rx) = crossbeam_channel::unbounded();
+    let mut cfg = config();
+    cfg.max_connections = 1_000;
+    let server = start(cfg, tx).unwrap();
+    let j = job(1);
+    server.publish(j.clone());
+    let mut survivor = Client::connect(server.local_addr());
+    survivor.login();
+    let wave: Vec<TcpStream> = (0..900)
+        .map(|_| TcpStream::connect(server.local_addr()).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.connected() < 901 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} connected",
+            server.connected()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(wave);
+    let nonce = find_share(&j, survivor.extranonce1, 0);
+    survivor.send(&format!(
+        r#"{{"id":9,"method":"mining.submit","params":["acct.w","1","00000000","65000000","{nonce:08x}"]}}"#
+    ));
+    assert_eq!(survivor.recv(), r#"{"id":9,"result":true,"error":null}"#);
+    while server.connected() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} still connected",
+            server.connected()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Their slots are free again: the house fills up to the limit once more.
+    let again: Vec<TcpStream> = (0..999)
+        .map(|_| TcpStream::connect(server.local_addr()).unwrap())
+        .collect();
+    while server.connected() < 1_000 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} connected",
+            server.connected()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(again);
+}

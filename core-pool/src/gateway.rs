@@ -501,6 +501,15 @@ impl Gateway {
             quinn::VarInt::from_u32(u32::from(error_code::SHUTDOWN)),
             b"core shutting down",
         );
+        // The CONNECTION_CLOSE frames are sent by the endpoint's driver task: let it run until
+        // every connection is drained (bounded), or a shut-down runtime may drop them and the
+        // edges learn of the stop only from their idle timeout, 20 s later.
+        if tokio::runtime::Handle::try_current().is_err() {
+            let endpoint = self.endpoint.clone();
+            runtime.block_on(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+            });
+        }
         runtime.shutdown_timeout(Duration::from_secs(2));
         for t in self.threads.drain(..) {
             if t.join().is_err() {

@@ -926,3 +926,39 @@ fn many_batches_in_flight_at_once_are_credited_once_and_acks_never_go_back() {
     assert_eq!(gw.stats().shares_credited, BATCHES * 5);
     gw.shutdown();
 }
+
+/// A stopping core tells its edges: they see the connection closed with SHUTDOWN at once, not
+/// after the 20 s idle timeout (an edge's fallback to its backup pool counts from that moment).
+#[test]
+fn a_stopping_core_closes_its_edges_connections_at_once() {
+    init_tracing();
+    let pki = Pki::new("Quarry test CA");
+    let journal = tempfile::tempdir().expect("journal dir");
+    let jobs = Arc::new(TestJobs::default());
+    jobs.publish("job-a", HARD_BITS);
+    let (gw, _ledger) = start(&pki, journal.path(), 20, &jobs);
+    let addr = gw.local_addr();
+    let runtime = rt();
+    let edge = runtime.block_on(async {
+        let mut edge = TestEdge::connect(&pki, &pki, "farm-1", addr).await;
+        edge.handshake("farm-1", None).await;
+        edge
+    });
+    let stopped = Instant::now();
+    gw.shutdown();
+    let reason = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), edge.conn.closed())
+            .await
+            .expect("the edge hears of the shutdown within 5 s")
+    });
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(
+                c.error_code,
+                quinn::VarInt::from_u32(u32::from(error_code::SHUTDOWN))
+            );
+        }
+        other => panic!("closed by {other:?}, not by the core's shutdown"),
+    }
+    eprintln!("edge saw the shutdown {:?} after stop", stopped.elapsed());
+}

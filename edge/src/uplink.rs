@@ -630,13 +630,18 @@ impl Uplink {
         if self.link.as_ref().map(|l| l.id) != Some(link) {
             return;
         }
-        let reason = self
-            .link
-            .as_ref()
-            .and_then(|l| l.conn.close_reason())
-            .map(|r| r.to_string())
-            .unwrap_or_else(|| why.to_string());
-        tracing::warn!(reason = %reason, "uplink lost; miners keep working, shares are spooled");
+        let close = self.link.as_ref().and_then(|l| l.conn.close_reason());
+        // Why links drop, for operators: a core that said goodbye, a silent link (idle
+        // timeout), or something else.
+        let kind = match &close {
+            Some(quinn::ConnectionError::ApplicationClosed(_)) => "closed_by_core",
+            Some(quinn::ConnectionError::TimedOut) => "timeout",
+            Some(quinn::ConnectionError::Reset) => "reset",
+            _ => "other",
+        };
+        metrics::counter!("quarry_edge_uplink_lost_total", "reason" => kind).increment(1);
+        let reason = close.map_or_else(|| why.to_string(), |r| r.to_string());
+        tracing::warn!(reason = %reason, kind, "uplink lost; miners keep working, shares are spooled");
         metrics::gauge!("quarry_edge_uplink_connected").set(0.0);
         self.link = None;
         if let Some(b) = &mut self.backup {

@@ -309,39 +309,37 @@ fn a_wave_of_disconnects_is_closed_in_slices_and_the_survivor_keeps_working() {
         .map(|_| TcpStream::connect(server.local_addr()).unwrap())
         .collect();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while server.connected() < 901 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} connected",
-            server.connected()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for(
+        deadline,
+        || server.connected() == 901,
+        || format!("{} connected", server.connected()),
+    );
     drop(wave);
     let nonce = find_share(&j, survivor.extranonce1, 0);
     survivor.send(&format!(
         r#"{{"id":9,"method":"mining.submit","params":["acct.w","1","00000000","65000000","{nonce:08x}"]}}"#
     ));
     assert_eq!(survivor.recv(), r#"{"id":9,"result":true,"error":null}"#);
-    while server.connected() > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "{} still connected",
-            server.connected()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for(
+        deadline,
+        || server.connected() == 1,
+        || format!("{} still connected", server.connected()),
+    );
     // Their slots are free again: the house fills up to the limit once more.
     let again: Vec<TcpStream> = (0..999)
         .map(|_| TcpStream::connect(server.local_addr()).unwrap())
         .collect();
-    while server.connected() < 1_000 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} connected",
-            server.connected()
-        );
+    wait_for(
+        deadline,
+        || server.connected() == 1_000,
+        || format!("{} connected", server.connected()),
+    );
+    drop(again);
+}
+
+fn wait_for(deadline: Instant, done: impl Fn() -> bool, state: impl Fn() -> String) {
+    while !done() {
+        assert!(Instant::now() < deadline, "gave up waiting: {}", state());
         std::thread::sleep(Duration::from_millis(5));
     }
-    drop(again);
 }

@@ -61,27 +61,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-/// Codes of the Error frames (and QUIC close codes) the gateway sends before closing.
-pub mod error_code {
-    /// `Hello.protocol_version` is not one this core speaks.
-    pub const UNSUPPORTED_VERSION: u16 = 1;
-    /// `Hello.edge_id` differs from the edge id in the client certificate.
-    pub const IDENTITY_MISMATCH: u16 = 2;
-    /// The edge is refused for a while after failing the audit twice.
-    pub const BANNED: u16 = 3;
-    /// The edge failed the audit a second time in this session; it is now banned.
-    pub const AUDIT_FAILED: u16 = 4;
-    /// No extranonce lease is free on this shard.
-    pub const NO_LEASE: u16 = 5;
-    /// A frame or stream the protocol does not allow (undecodable, seq 0, wrong frame type).
-    pub const PROTOCOL_VIOLATION: u16 = 6;
-    /// A newer connection of the same edge took over.
-    pub const REPLACED: u16 = 7;
-    /// The core could not make a batch durable; reconnect and replay.
-    pub const INTERNAL: u16 = 8;
-    /// The core is shutting down.
-    pub const SHUTDOWN: u16 = 9;
-}
+/// Codes of the Error frames (and QUIC close codes) the gateway sends before closing; they are
+/// part of the wire protocol, so both ends share them.
+pub use relay::wire::close_code as error_code;
 
 /// What the gateway needs from the job manager; a trait so tests can stand in for the daemon.
 pub trait JobSource: Send + Sync + 'static {

@@ -631,17 +631,29 @@ impl Uplink {
             return;
         }
         let close = self.link.as_ref().and_then(|l| l.conn.close_reason());
-        // Why links drop, for operators: a core that said goodbye, a silent link (idle
-        // timeout), or something else.
+        // Why links drop, for operators: the core's own reason when it closed the link (a
+        // shutdown, a newer connection of this edge, a ban...), a silent link (idle timeout), or
+        // something else.
         let kind = match &close {
-            Some(quinn::ConnectionError::ApplicationClosed(_)) => "closed_by_core",
+            Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                u16::try_from(c.error_code.into_inner())
+                    .map_or("unknown", relay::wire::close_code::name)
+            }
             Some(quinn::ConnectionError::TimedOut) => "timeout",
             Some(quinn::ConnectionError::Reset) => "reset",
             _ => "other",
         };
         metrics::counter!("quarry_edge_uplink_lost_total", "reason" => kind).increment(1);
         let reason = close.map_or_else(|| why.to_string(), |r| r.to_string());
-        tracing::warn!(reason = %reason, kind, "uplink lost; miners keep working, shares are spooled");
+        match kind {
+            // Reconnecting will not help until someone fixes the edge or its certificate.
+            "banned" | "audit_failed" | "identity_mismatch" | "unsupported_version" => {
+                tracing::error!(reason = %reason, kind, "the core refused this edge; miners keep working, shares are spooled")
+            }
+            _ => {
+                tracing::warn!(reason = %reason, kind, "uplink lost; miners keep working, shares are spooled")
+            }
+        }
         metrics::gauge!("quarry_edge_uplink_connected").set(0.0);
         self.link = None;
         if let Some(b) = &mut self.backup {

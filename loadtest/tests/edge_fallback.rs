@@ -322,7 +322,7 @@ fn edge_serves_the_backup_pool_while_the_core_is_down_and_returns_without_double
         edge_metric_with(
             edge_metrics,
             "quarry_edge_uplink_lost_total",
-            "reason=\"closed_by_core\""
+            "reason=\"shutdown\""
         ),
         1.0,
         "the stopping core's QUIC close reached the edge (not its idle timeout)"

@@ -24,6 +24,7 @@
 
 mod batch;
 mod block;
+pub mod close_code;
 mod codec;
 mod control;
 #[cfg(test)]

@@ -90,6 +90,8 @@ pub struct LimitsSection {
     pub handshake_timeout_secs: u64,
     /// Rejected shares in a row before the address is banned (0 = never).
     pub ban_after_invalid: u32,
+    /// Share of rejects among recent shares that bans once `ban_after_invalid` were rejected.
+    pub ban_invalid_ratio: f64,
     pub ban_secs: u64,
 }
 
@@ -102,6 +104,7 @@ impl Default for LimitsSection {
             idle_timeout_secs: 600,
             handshake_timeout_secs: 30,
             ban_after_invalid: 100,
+            ban_invalid_ratio: 0.5,
             ban_secs: 600,
         }
     }
@@ -160,6 +163,13 @@ pub fn server_config(
             "must be at least 512 (a mining.submit line is ~150 bytes)",
         ));
     }
+    if !(0.0..=1.0).contains(&limits.ban_invalid_ratio) {
+        return Err(invalid(
+            file,
+            "limits.ban_invalid_ratio",
+            format!("{} is not in [0, 1]", limits.ban_invalid_ratio),
+        ));
+    }
     if limits.max_connections == 0 {
         return Err(invalid(
             file,
@@ -189,6 +199,7 @@ pub fn server_config(
             stale_grace: Duration::from_secs(stratum.stale_grace_secs),
             password: stratum.password.clone(),
             ban_after_invalid: limits.ban_after_invalid,
+            ban_invalid_ratio: limits.ban_invalid_ratio,
             idle_timeout: Duration::from_secs(limits.idle_timeout_secs),
             handshake_timeout: Duration::from_secs(limits.handshake_timeout_secs),
             max_workers_per_connection: 64,

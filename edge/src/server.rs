@@ -937,8 +937,8 @@ impl Connector {
         let mut c = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut c.stream);
         match &reason {
-            Some(CloseReason::Banned { invalid_in_a_row }) => {
-                tracing::warn!(peer = %c.peer, invalid_in_a_row, ban_secs = self.cfg.ban_duration.as_secs(), "banning address after invalid-share flood");
+            Some(CloseReason::Banned { invalid, shares }) => {
+                tracing::warn!(peer = %c.peer, invalid, of_recent_shares = shares, ban_secs = self.cfg.ban_duration.as_secs(), "banning address after invalid-share flood");
                 self.admission
                     .banned
                     .lock()

@@ -54,8 +54,12 @@ pub struct SessionConfig {
     pub stale_grace: Duration,
     /// Required password, if the operator set one.
     pub password: Option<String>,
-    /// Rejected shares in a row (without an accepted one) before the connection is banned.
+    /// Rejected shares in a row (without an accepted one) before the connection is banned;
+    /// also the least number of recent rejects before `ban_invalid_ratio` applies. 0 = never ban.
     pub ban_after_invalid: u32,
+    /// Share of rejects among recent shares that bans a connection once it has made at least
+    /// `ban_after_invalid` of them, even with valid shares mixed in (0 = only the run rule).
+    pub ban_invalid_ratio: f64,
     /// Seconds without any line from the miner before the connection is closed.
     pub idle_timeout: Duration,
     /// A connection must subscribe and authorize within this time.
@@ -74,6 +78,7 @@ impl Default for SessionConfig {
             stale_grace: Duration::from_secs(30),
             password: None,
             ban_after_invalid: 100,
+            ban_invalid_ratio: 0.5,
             idle_timeout: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(30),
             max_workers_per_connection: 64,
@@ -123,10 +128,77 @@ impl Reject {
 pub enum CloseReason {
     IdleTimeout,
     HandshakeTimeout,
-    /// Too many invalid shares in a row: the peer's address should be banned for a while.
+    /// An invalid-share flood (see [`InvalidShareGuard`]): the peer's address should be banned
+    /// for a while. `invalid` of the connection's last `shares` judged shares were rejected.
     Banned {
-        invalid_in_a_row: u32,
+        invalid: u32,
+        shares: u32,
     },
+}
+
+/// How many times `ban_after_invalid` shares the ratio rule's window holds before it halves.
+const GUARD_WINDOW_FACTOR: u32 = 4;
+
+/// Tells a miner's bad luck from an invalid-share flood.
+///
+/// A real miner's rejects are rare (a misconfigured one is rejected on every share). A client
+/// that only sends garbage makes the edge hash for nothing, so the connection is banned after
+/// `ban_after_invalid` rejects in a row. A flood can defeat that rule by mixing in the odd
+/// valid share (at a low difficulty, some of its "bad" hashes meet the target anyway), so a
+/// second rule bans when at least `ban_after_invalid` of the recent shares were rejected and
+/// they are at least `ban_invalid_ratio` of them. "Recent" is a window whose two counts halve
+/// whenever it holds `GUARD_WINDOW_FACTOR × ban_after_invalid` shares, so old trouble fades.
+/// Stale shares count on neither side: they are the network's doing, not the miner's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InvalidShareGuard {
+    in_a_row: u32,
+    recent_invalid: u32,
+    recent_shares: u32,
+}
+
+impl InvalidShareGuard {
+    /// A share was accepted.
+    pub fn on_accepted(&mut self, cfg: &SessionConfig) {
+        self.in_a_row = 0;
+        self.count(false, cfg);
+    }
+
+    /// A share was rejected for a reason of the miner's making; `Some` when that bans it.
+    pub fn on_invalid(&mut self, cfg: &SessionConfig) -> Option<CloseReason> {
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        self.count(true, cfg);
+        let limit = cfg.ban_after_invalid;
+        if limit == 0 {
+            return None;
+        }
+        if self.in_a_row >= limit {
+            return Some(CloseReason::Banned {
+                invalid: self.in_a_row,
+                shares: self.in_a_row,
+            });
+        }
+        let ratio = f64::from(self.recent_invalid) / f64::from(self.recent_shares.max(1));
+        (cfg.ban_invalid_ratio > 0.0
+            && self.recent_invalid >= limit
+            && ratio >= cfg.ban_invalid_ratio)
+            .then_some(CloseReason::Banned {
+                invalid: self.recent_invalid,
+                shares: self.recent_shares,
+            })
+    }
+
+    fn count(&mut self, invalid: bool, cfg: &SessionConfig) {
+        self.recent_shares = self.recent_shares.saturating_add(1);
+        self.recent_invalid = self.recent_invalid.saturating_add(u32::from(invalid));
+        let window = cfg
+            .ban_after_invalid
+            .saturating_mul(GUARD_WINDOW_FACTOR)
+            .max(1);
+        if self.recent_shares >= window {
+            self.recent_shares /= 2;
+            self.recent_invalid /= 2;
+        }
+    }
 }
 
 /// Tallies a session reports to the server for metrics, drained by the caller.
@@ -214,7 +286,7 @@ pub struct Session {
     jobs: VecDeque<SentJob>,
     dropped: VecDeque<JobId>,
     root_cache: Option<RootCache>,
-    invalid_in_a_row: u32,
+    guard: InvalidShareGuard,
     created: Instant,
     last_line: Instant,
     close: Option<CloseReason>,
@@ -238,7 +310,7 @@ impl Session {
             jobs: VecDeque::new(),
             dropped: VecDeque::new(),
             root_cache: None,
-            invalid_in_a_row: 0,
+            guard: InvalidShareGuard::default(),
             created: now,
             last_line: now,
             close: None,
@@ -548,11 +620,8 @@ impl Session {
     }
 
     fn note_invalid(&mut self) {
-        self.invalid_in_a_row += 1;
-        if self.cfg.ban_after_invalid > 0 && self.invalid_in_a_row >= self.cfg.ban_after_invalid {
-            self.close = Some(CloseReason::Banned {
-                invalid_in_a_row: self.invalid_in_a_row,
-            });
+        if let Some(ban) = self.guard.on_invalid(&self.cfg) {
+            self.close.get_or_insert(ban);
         }
     }
 
@@ -671,7 +740,7 @@ impl Session {
         if !self.jobs[pos].remember(ShareFingerprint::of(&v.pow_hash)) {
             return self.reject(id, Reject::Duplicate, out);
         }
-        self.invalid_in_a_row = 0;
+        self.guard.on_accepted(&self.cfg);
         self.counters.accepted += 1;
         encode_bool_result(id, true, out);
         self.vardiff.on_share(difficulty, now, &self.cfg.vardiff);

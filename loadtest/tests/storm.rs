@@ -62,18 +62,23 @@ fn a_storm_is_served_up_to_the_limit_and_refused_beyond_it() {
     );
     assert_eq!(st.served_dropped_while_held, 0);
     assert_eq!(st.edge_peak_connected, 100);
-    // At full house the edge stops listening, so most refusals are the kernel's (a refused
-    // connect, or a reset of what was queued); the few it accepted first it reset itself.
+    // At full house the edge stops listening, so the refusals are the kernel's: a refused
+    // connect for an attempt that arrives after the door closed, a reset for one already queued
+    // in the backlog (a fast runner can queue all 400 before the edge accepts the first), and
+    // a reset by the edge itself for the few it accepted first. Which of the two kernel answers
+    // dominates depends on scheduling; neither leaves a miner waiting, and nothing else may occur.
     assert!(
         st.edge_listener_closed >= 1,
         "the edge never closed its door"
     );
     assert!(st.edge_refused_max_connections <= 400 - st.served);
-    assert!(
-        st.outcomes.contains_key(&Outcome::ConnectRefused),
-        "{:?}",
-        st.outcomes
-    );
+    let kernel_refusals = st
+        .outcomes
+        .get(&Outcome::ConnectRefused)
+        .copied()
+        .unwrap_or(0)
+        + st.outcomes.get(&Outcome::Reset).copied().unwrap_or(0);
+    assert_eq!(kernel_refusals, st.refused, "{:?}", st.outcomes);
     // The honest miners: every share accepted, before and during the storm, none dropped.
     assert!(st.honest_before.accepted > 0 && st.honest_during.accepted > 0);
     assert_eq!(st.honest_during.rejected, 0);

@@ -615,9 +615,94 @@ fn invalid_share_flood_leads_to_a_ban() {
     assert_eq!(
         r.s.close_reason(),
         Some(&CloseReason::Banned {
-            invalid_in_a_row: 5
+            invalid: 5,
+            shares: 5
         })
     );
+}
+
+fn guard_cfg(ban_after_invalid: u32, ban_invalid_ratio: f64) -> SessionConfig {
+    SessionConfig {
+        ban_after_invalid,
+        ban_invalid_ratio,
+        ..(*cfg()).clone()
+    }
+}
+
+#[test]
+fn a_flood_that_mixes_in_valid_shares_is_banned_by_its_reject_ratio() {
+    let c = guard_cfg(100, 0.5);
+    let mut g = InvalidShareGuard::default();
+    // Three rejects, then a valid share: the run never reaches 100, the ratio is 75%.
+    let mut ban = None;
+    let mut shares = 0;
+    while ban.is_none() && shares < 10_000 {
+        for _ in 0..3 {
+            ban = ban.or(g.on_invalid(&c));
+        }
+        g.on_accepted(&c);
+        shares += 4;
+    }
+    assert_eq!(
+        ban,
+        Some(CloseReason::Banned {
+            invalid: 100,
+            shares: 133
+        })
+    );
+}
+
+#[test]
+fn a_miner_with_a_few_rejects_among_many_shares_is_never_banned() {
+    let c = guard_cfg(100, 0.5);
+    let mut g = InvalidShareGuard::default();
+    // 30% rejects (a badly tuned rig after a difficulty change), sustained for a long time.
+    for i in 0..100_000u32 {
+        if i % 10 < 3 {
+            assert_eq!(g.on_invalid(&c), None, "share {i}");
+        } else {
+            g.on_accepted(&c);
+        }
+    }
+}
+
+#[test]
+fn an_honest_past_does_not_shield_a_flood_for_long() {
+    let c = guard_cfg(10, 0.5);
+    let mut g = InvalidShareGuard::default();
+    for _ in 0..10_000 {
+        g.on_accepted(&c);
+    }
+    // Without the window, 10,000 honest shares would dilute the ratio for 20,000 more.
+    let mut flood_shares = 0;
+    let mut ban = None;
+    while ban.is_none() {
+        for _ in 0..3 {
+            ban = ban.or(g.on_invalid(&c));
+            flood_shares += 1;
+        }
+        g.on_accepted(&c);
+        flood_shares += 1;
+        assert!(
+            flood_shares <= 4 * 40,
+            "not banned after {flood_shares} flood shares"
+        );
+    }
+}
+
+#[test]
+fn a_zero_ratio_leaves_only_the_run_rule_and_a_zero_limit_never_bans() {
+    let mut g = InvalidShareGuard::default();
+    let c = guard_cfg(10, 0.0);
+    for _ in 0..1_000 {
+        assert_eq!(g.on_invalid(&c), None);
+        assert_eq!(g.on_invalid(&c), None);
+        g.on_accepted(&c);
+    }
+    let never = guard_cfg(0, 0.5);
+    for _ in 0..1_000 {
+        assert_eq!(g.on_invalid(&never), None);
+    }
 }
 
 #[test]

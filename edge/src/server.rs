@@ -10,7 +10,7 @@ use crate::jobs::{JobBook, JobEntry};
 use crate::session::{CloseReason, Session, SessionConfig};
 use crate::share::ShareEvent;
 use crate::slots::SlotAllocator;
-use crate::spool::LaneWriter;
+use crate::spool::{LaneDiskWork, LaneSyncer, LaneWriter};
 use crossbeam_channel::{Receiver, Sender};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -95,6 +95,8 @@ pub struct ServerHandle {
     book: Mutex<Arc<JobBook>>,
     admission: Arc<Admission>,
     threads: Vec<JoinHandle<()>>,
+    /// Runs the lanes' fsyncs and trims; joined after the connectors so their last work runs.
+    syncer: Option<LaneSyncer>,
 }
 
 impl ServerHandle {
@@ -154,6 +156,9 @@ impl ServerHandle {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        if let Some(s) = self.syncer.take() {
+            s.join();
+        }
     }
 }
 
@@ -195,6 +200,11 @@ pub fn start_with_spool(
             ),
         ));
     }
+    let syncer = if lanes.is_empty() {
+        None
+    } else {
+        Some(LaneSyncer::start()?)
+    };
     let mut lanes = lanes.into_iter();
     let std_listener = bind_listener(cfg.listen)?;
     std_listener.set_nonblocking(true)?;
@@ -234,6 +244,7 @@ pub fn start_with_spool(
             broadcast: Vec::new(),
             closing: std::collections::VecDeque::new(),
             lane: lanes.next(),
+            disk: syncer.as_ref().map(LaneSyncer::sender),
             last_sync: Instant::now(),
             pending_trim: None,
             last_trim: Instant::now(),
@@ -273,6 +284,7 @@ pub fn start_with_spool(
         book: Mutex::new(Arc::new(JobBook::default())),
         admission,
         threads: handles,
+        syncer,
     })
 }
 
@@ -541,6 +553,8 @@ struct Connector {
     /// Finished connections still to be closed, a slice per loop turn.
     closing: std::collections::VecDeque<(usize, Option<CloseReason>)>,
     lane: Option<LaneWriter>,
+    /// The [`LaneSyncer`]: the lane's fsyncs and trims run there, never on this thread.
+    disk: Option<Sender<LaneDiskWork>>,
     last_sync: Instant,
     /// Highest lane index a durable batch covers, not trimmed yet.
     pending_trim: Option<u64>,
@@ -548,11 +562,25 @@ struct Connector {
     usage_alerted: bool,
 }
 
+/// Hands a lane's disk work to the syncer; without one (never, when there is a lane) it runs
+/// here rather than not at all.
+fn send_disk_work(disk: &Option<Sender<LaneDiskWork>>, work: LaneDiskWork) {
+    let work = match disk {
+        Some(tx) => match tx.send(work) {
+            Ok(()) => return,
+            Err(e) => e.into_inner(),
+        },
+        None => work,
+    };
+    work.run_here();
+}
+
 /// Group commit interval of the spool lanes.
 const LANE_SYNC_EVERY: Duration = Duration::from_millis(50);
 /// How often a lane is trimmed. A trim only gives disk space back (what a durable batch covers
-/// is never batched again, trimmed or not), and it costs two fsyncs on this thread, so the
-/// uplink's one trim request per batch (hundreds a second) is folded into one a second.
+/// is never batched again, trimmed or not), and its file work costs two fsyncs (on the
+/// syncer), so the uplink's one trim request per batch (hundreds a second) is folded into one a
+/// second.
 const LANE_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Connections sent a new job per loop turn. A job is a 1.3 KB notify per connection; sent to
 /// all 5,000 of a thread's connections in one pass it held their answers for hundreds of ms.
@@ -605,8 +633,10 @@ impl Connector {
         let (Some(lane), Some(index)) = (self.lane.as_mut(), self.pending_trim.take()) else {
             return;
         };
-        if let Err(e) = lane.trim_through(index) {
-            tracing::error!(lane = lane.lane, error = %e, "spool trim failed");
+        match lane.detach_trim(index) {
+            Ok(Some(work)) => send_disk_work(&self.disk, work),
+            Ok(None) => {}
+            Err(e) => tracing::error!(lane = lane.lane, error = %e, "spool trim failed"),
         }
     }
 
@@ -646,14 +676,16 @@ impl Connector {
         self.dirty = dirty;
     }
 
-    fn sync_lane(&mut self, now: Instant) {
-        if now.duration_since(self.last_sync) < LANE_SYNC_EVERY {
+    fn sync_lane(&mut self, now: Instant, force: bool) {
+        if !force && now.duration_since(self.last_sync) < LANE_SYNC_EVERY {
             return;
         }
         self.last_sync = now;
         if let Some(lane) = self.lane.as_mut() {
-            if let Err(e) = lane.sync() {
-                tracing::error!(lane = lane.lane, error = %e, "spool fsync failed");
+            match lane.detach_sync() {
+                Ok(Some(work)) => send_disk_work(&self.disk, work),
+                Ok(None) => {}
+                Err(e) => tracing::error!(lane = lane.lane, error = %e, "spool fsync failed"),
             }
         }
     }
@@ -696,7 +728,7 @@ impl Connector {
             self.broadcast_slice();
             self.close_slice();
             let now = Instant::now();
-            self.sync_lane(now);
+            self.sync_lane(now, false);
             self.trim_lane(now, false);
             if now.duration_since(last_tick) >= Duration::from_secs(1) {
                 last_tick = now;
@@ -712,6 +744,7 @@ impl Connector {
             }
         }
         self.finish_turn();
+        self.sync_lane(Instant::now(), true);
         self.trim_lane(Instant::now(), true);
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {

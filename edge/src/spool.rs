@@ -6,7 +6,8 @@
 //! - **Lanes** (`lane-N/`), one per connector thread. A connector appends every share it
 //!   accepts to its lane and hands the bytes to the kernel *before* it writes "accepted" to the
 //!   miner, so a killed process loses nothing; fsync follows by group commit every few
-//!   milliseconds. No lock: each lane has one writer.
+//!   milliseconds, run by the [`LaneSyncer`] thread so that no connector ever waits on the disk.
+//!   No lock: each lane has one writer.
 //! - **Batches** (`batches/`): the uplink groups lane records into numbered batches
 //!   `(epoch, seq)` and writes each batch — with how far into each lane it reaches — before it
 //!   is sent. A batch is trimmed only after the core acks it as durable; lane records are
@@ -16,7 +17,8 @@
 
 use crate::share::{BlockCandidate, ShareEvent, ShareRecord};
 use bytes::{Buf, BufMut, BytesMut};
-use relay::seglog::{SegLog, SegLogConfig, SegLogError};
+use crossbeam_channel::{Receiver, Sender};
+use relay::seglog::{PendingSync, PendingTrim, SegLog, SegLogConfig, SegLogError};
 use relay::work::{Difficulty, Extranonce, JobId};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -76,7 +78,7 @@ impl LaneWriter {
         Ok(self.log.flush()?)
     }
 
-    /// Group commit: fsync everything appended since the last sync.
+    /// Group commit: fsync everything appended since the last sync, here.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
         if self.unsynced {
             self.log.sync()?;
@@ -85,8 +87,30 @@ impl LaneWriter {
         Ok(())
     }
 
+    /// Group commit for a thread that must not block: the fsync of everything appended since
+    /// the last sync, for the [`LaneSyncer`] to run.
+    pub fn detach_sync(&mut self) -> Result<Option<LaneDiskWork>, SpoolError> {
+        if !self.unsynced {
+            return Ok(None);
+        }
+        self.unsynced = false;
+        Ok(self.log.detach_sync()?.map(|p| LaneDiskWork {
+            lane: self.lane,
+            work: DiskWork::Sync(p),
+        }))
+    }
+
     pub fn trim_through(&mut self, index: u64) -> Result<(), SpoolError> {
         Ok(self.log.trim_through(index)?)
+    }
+
+    /// Forgets records through `index` at once; the files go when the [`LaneSyncer`] runs the
+    /// returned work.
+    pub fn detach_trim(&mut self, index: u64) -> Result<Option<LaneDiskWork>, SpoolError> {
+        Ok(self.log.detach_trim(index)?.map(|p| LaneDiskWork {
+            lane: self.lane,
+            work: DiskWork::Trim(p),
+        }))
     }
 
     pub fn usage(&self) -> (u64, u64) {
@@ -111,6 +135,93 @@ impl LaneWriter {
             out.push((index, ev));
         }
         Ok(out)
+    }
+}
+
+enum DiskWork {
+    Sync(PendingSync),
+    Trim(PendingTrim),
+}
+
+/// A lane's fsync or trim, detached from the connector that owns the lane.
+pub struct LaneDiskWork {
+    lane: u16,
+    work: DiskWork,
+}
+
+impl LaneDiskWork {
+    fn run(&self) -> Result<(), SegLogError> {
+        match &self.work {
+            DiskWork::Sync(p) => p.run(),
+            DiskWork::Trim(p) => p.run(),
+        }
+    }
+
+    /// Runs it on the calling thread, for when no syncer is there to take it.
+    pub fn run_here(self) {
+        LaneSyncer::execute(&self);
+    }
+}
+
+/// The thread that makes spool lanes durable, so that a connector thread (which answers miners)
+/// never waits on the disk: an fsync costs ~1 ms on a quiet disk and tens or hundreds on a busy
+/// one, and every miner of the connector would wait with it. Connectors still write each share
+/// to the kernel before answering (a killed process loses nothing); only the group commit's
+/// fsync and the trims' file work come here, and run in the order they were sent.
+pub struct LaneSyncer {
+    tx: Sender<LaneDiskWork>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LaneSyncer {
+    pub fn start() -> std::io::Result<LaneSyncer> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("spool-sync".into())
+            .spawn(move || Self::run(rx))?;
+        Ok(LaneSyncer {
+            tx,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where connectors send their lanes' disk work.
+    pub fn sender(&self) -> Sender<LaneDiskWork> {
+        self.tx.clone()
+    }
+
+    fn run(rx: Receiver<LaneDiskWork>) {
+        for w in rx {
+            Self::execute(&w);
+        }
+    }
+
+    fn execute(w: &LaneDiskWork) {
+        let started = Instant::now();
+        if let Err(e) = w.run() {
+            metrics::counter!("quarry_edge_spool_errors_total").increment(1);
+            match w.work {
+                DiskWork::Sync(_) => {
+                    tracing::error!(lane = w.lane, error = %e, "SPOOL FSYNC FAILED: shares since the last good fsync survive a killed edge but maybe not a power loss")
+                }
+                DiskWork::Trim(_) => {
+                    tracing::error!(lane = w.lane, error = %e, "spool trim failed: the lane keeps records a batch already covers")
+                }
+            }
+        }
+        if let DiskWork::Sync(_) = w.work {
+            metrics::histogram!("quarry_edge_spool_fsync_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Runs everything sent so far, once every sender is gone (the connectors have stopped).
+    pub fn join(mut self) {
+        let (tx, _) = crossbeam_channel::unbounded();
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -612,6 +723,36 @@ mod tests {
         let mut lane = LaneWriter::open(dir.path(), 0, cfg()).unwrap();
         assert_eq!(lane.pending_after(None).unwrap().len(), 2);
         assert_eq!(existing_lanes(dir.path()), vec![0]);
+    }
+
+    #[test]
+    fn lane_work_run_by_the_syncer_trims_and_syncs_like_in_place() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let syncer = LaneSyncer::start().unwrap();
+        let tx = syncer.sender();
+        {
+            let mut lane = LaneWriter::open(dir.path(), 0, cfg()).unwrap();
+            for i in 0..10 {
+                lane.append(&ShareEvent::Accepted(share(i))).unwrap();
+            }
+            lane.flush().unwrap();
+            tx.send(lane.detach_sync().unwrap().expect("sync work"))
+                .unwrap();
+            assert!(lane.detach_sync().unwrap().is_none(), "nothing new");
+            tx.send(lane.detach_trim(4).unwrap().expect("trim work"))
+                .unwrap();
+            assert_eq!(lane.pending_after(None).unwrap()[0].0, 5);
+        }
+        drop(tx);
+        syncer.join();
+        let mut lane = LaneWriter::open(dir.path(), 0, cfg()).unwrap();
+        let idx: Vec<u64> = lane
+            .pending_after(None)
+            .unwrap()
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(idx, (5..=10).collect::<Vec<_>>());
     }
 
     #[test]

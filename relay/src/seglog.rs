@@ -31,6 +31,14 @@
 //! records are all at or below it. Records at or below the trim point are never returned again,
 //! even if their segment still exists.
 //!
+//! **Durability off the caller's thread.** A thread that answers miners must not wait on a disk:
+//! an fsync takes a millisecond on a quiet disk and far longer on a busy one. For such a caller,
+//! [`SegLog::detach_sync`] writes the records to the kernel and returns a [`PendingSync`] (the
+//! fsync, on a duplicate of the segment's file descriptor), and [`SegLog::detach_trim`] moves the
+//! trim point in memory and returns a [`PendingTrim`] (the trim file and the segment removals);
+//! another thread runs them, in order. Whole-segment rotation stays synchronous (it is rare), so
+//! a segment is still complete on disk before the next one exists.
+//!
 //! **Cap.** A spool that cannot reach its core grows; [`SegLog::append`] refuses with
 //! [`SegLogError::Full`] rather than exceed `max_total_bytes`, and [`SegLog::usage`] lets the
 //! caller raise an alarm well before that.
@@ -676,21 +684,62 @@ impl SegLog {
     }
 
     fn write_trim(&self, index: u64) -> Result<(), SegLogError> {
-        let tmp = self.dir.join(TRIM_TMP);
-        let path = self.dir.join(TRIM_FILE);
-        let mut bytes = [0u8; 12];
-        bytes[..8].copy_from_slice(&index.to_le_bytes());
-        bytes[8..].copy_from_slice(&crc32c::crc32c(&index.to_le_bytes()).to_le_bytes());
-        let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(&bytes).map_err(io_err("write", &tmp))?;
-        if self.cfg.fsync {
-            f.sync_all().map_err(io_err("fsync", &tmp))?;
+        write_trim_file(&self.dir, index, self.cfg.fsync)
+    }
+
+    /// Hands every appended record to the kernel (as [`SegLog::flush`]) and returns the fsync
+    /// that makes them durable, for a thread that may block. `None` when nothing was appended
+    /// since the last sync, or the log does not fsync. The records count as synced from here:
+    /// the caller owns running it, and a failure there is its to report.
+    pub fn detach_sync(&mut self) -> Result<Option<PendingSync>, SegLogError> {
+        self.flush()?;
+        if self.synced_until == self.next_index {
+            return Ok(None);
         }
-        fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
-        if self.cfg.fsync {
-            sync_dir(&self.dir)?;
+        let through = self.next_index;
+        self.synced_until = through;
+        if !self.cfg.fsync {
+            return Ok(None);
         }
-        Ok(())
+        let path = self.active_segment().path.clone();
+        let file = self
+            .active
+            .get_ref()
+            .try_clone()
+            .map_err(io_err("duplicate descriptor of", &path))?;
+        Ok(Some(PendingSync {
+            file,
+            path,
+            through,
+        }))
+    }
+
+    /// Forgets every record at or below `index` at once, and returns the file work of the trim
+    /// (see [`PendingTrim`]) for a thread that may block. A trim past the end is done here, as
+    /// [`SegLog::trim_through`] does it (it replaces the active segment), and returns `None`,
+    /// as does a trim point at or below the current one.
+    pub fn detach_trim(&mut self, index: u64) -> Result<Option<PendingTrim>, SegLogError> {
+        self.check_poisoned()?;
+        if index <= self.trimmed_through {
+            return Ok(None);
+        }
+        if index >= self.next_index {
+            self.trim_through(index)?;
+            return Ok(None);
+        }
+        self.trimmed_through = index;
+        let mut remove = Vec::new();
+        while self.segments.len() > 1 && self.segments[0].end() <= index + 1 {
+            let s = self.segments.remove(0);
+            self.total_bytes -= s.bytes;
+            remove.push(s.path);
+        }
+        Ok(Some(PendingTrim {
+            dir: self.dir.clone(),
+            index,
+            fsync: self.cfg.fsync,
+            remove,
+        }))
     }
 
     /// Reads records with index ≥ `from` (and above the trim point), oldest first, including
@@ -761,6 +810,84 @@ impl SegLog {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// An fsync detached from its log by [`SegLog::detach_sync`], to be run on another thread.
+#[derive(Debug)]
+pub struct PendingSync {
+    file: File,
+    path: PathBuf,
+    through: u64,
+}
+
+impl PendingSync {
+    /// Makes every record before [`PendingSync::through`] durable.
+    pub fn run(&self) -> Result<(), SegLogError> {
+        self.file.sync_data().map_err(io_err("fsync", &self.path))
+    }
+
+    /// Index after the last record this fsync covers.
+    pub fn through(&self) -> u64 {
+        self.through
+    }
+}
+
+/// A trim detached from its log by [`SegLog::detach_trim`]: the log already forgets the records;
+/// this persists the trim point and deletes the segments, to be run on another thread, after
+/// every earlier [`PendingTrim`] of the same log.
+#[derive(Debug)]
+pub struct PendingTrim {
+    dir: PathBuf,
+    index: u64,
+    fsync: bool,
+    remove: Vec<PathBuf>,
+}
+
+impl PendingTrim {
+    /// Persists the trim point, then deletes the segments it frees. A crash before the end
+    /// leaves records at or below the point on disk; [`SegLog::open`] skips them.
+    /// A later trim done in place (past the end) may have got there first: the trim point
+    /// never moves back, and a segment already gone is fine.
+    pub fn run(&self) -> Result<(), SegLogError> {
+        if read_trim(&self.dir)? < self.index {
+            write_trim_file(&self.dir, self.index, self.fsync)?;
+        }
+        for path in &self.remove {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_err("remove", path)(e))
+                }
+                _ => {}
+            }
+        }
+        if !self.remove.is_empty() && self.fsync {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// The trim point it persists.
+    pub fn index(&self) -> u64 {
+        self.index
+    }
+}
+
+fn write_trim_file(dir: &Path, index: u64, fsync: bool) -> Result<(), SegLogError> {
+    let tmp = dir.join(TRIM_TMP);
+    let path = dir.join(TRIM_FILE);
+    let mut bytes = [0u8; 12];
+    bytes[..8].copy_from_slice(&index.to_le_bytes());
+    bytes[8..].copy_from_slice(&crc32c::crc32c(&index.to_le_bytes()).to_le_bytes());
+    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    f.write_all(&bytes).map_err(io_err("write", &tmp))?;
+    if fsync {
+        f.sync_all().map_err(io_err("fsync", &tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+    if fsync {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 fn open_for_append(path: &Path) -> Result<BufWriter<File>, SegLogError> {
@@ -1080,6 +1207,61 @@ mod tests {
         assert_eq!(got[0], (26, payload(26)));
         assert_eq!(all(&mut log, 50)[0].0, 50);
         assert_eq!(log.append(b"more").unwrap(), 61);
+    }
+
+    #[test]
+    fn detached_sync_and_trim_leave_the_same_log_as_in_place_ones() {
+        let d = TempDir::new().unwrap();
+        let (mut log, _) = SegLog::open(d.path(), cfg(64, 1 << 20)).unwrap();
+        for i in 0..10u8 {
+            log.append(&[i; 20]).unwrap();
+        }
+        let sync = log.detach_sync().unwrap().expect("records to sync");
+        assert_eq!(sync.through(), 11);
+        assert!(log.detach_sync().unwrap().is_none(), "nothing new since");
+        // Another thread runs it; here, in line.
+        sync.run().unwrap();
+        let segments = log.segment_count();
+        let trim = log.detach_trim(6).unwrap().expect("a trim to run");
+        // The log forgets at once; the files go when the trim runs.
+        assert_eq!(log.trimmed_through(), 6);
+        assert!(log.segment_count() < segments);
+        assert_eq!(log.iter_from(0).unwrap().next().unwrap().unwrap().0, 7);
+        assert!(
+            log.detach_trim(5).unwrap().is_none(),
+            "a trim never goes back"
+        );
+        trim.run().unwrap();
+        drop(log);
+        let (mut log, rec) = SegLog::open(d.path(), cfg(64, 1 << 20)).unwrap();
+        assert_eq!(rec.truncated_bytes, 0);
+        assert_eq!(log.trimmed_through(), 6);
+        let idx: Vec<u64> = log.iter_from(0).unwrap().map(|r| r.unwrap().0).collect();
+        assert_eq!(idx, vec![7, 8, 9, 10]);
+    }
+
+    #[test]
+    fn a_detached_trim_not_yet_run_at_a_crash_leaves_a_log_that_opens() {
+        let d = TempDir::new().unwrap();
+        let (mut log, _) = SegLog::open(d.path(), cfg(64, 1 << 20)).unwrap();
+        for i in 0..10u8 {
+            log.append(&[i; 20]).unwrap();
+        }
+        log.sync().unwrap();
+        let early = log.detach_trim(3).unwrap().expect("trim");
+        let late = log.detach_trim(8).unwrap().expect("trim");
+        // Crash: neither ran. Everything is still there, and open says so.
+        drop(log);
+        let (mut log, _) = SegLog::open(d.path(), cfg(64, 1 << 20)).unwrap();
+        assert_eq!(log.iter_from(0).unwrap().count(), 10);
+        drop(log);
+        // Run late, then early: the trim point stays at 8.
+        late.run().unwrap();
+        early.run().unwrap();
+        let (mut log, _) = SegLog::open(d.path(), cfg(64, 1 << 20)).unwrap();
+        assert_eq!(log.trimmed_through(), 8);
+        let idx: Vec<u64> = log.iter_from(0).unwrap().map(|r| r.unwrap().0).collect();
+        assert_eq!(idx, vec![9, 10]);
     }
 
     #[test]

@@ -663,15 +663,18 @@ impl Session {
             return self.reject(id, r, out);
         };
         // Superseded jobs stay valid for the grace period if the prevhash is still current.
-        match book.find(&s.job_id) {
-            Some(e) => {
-                if e.superseded_at
-                    .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.stale_grace)
-                {
-                    return self.reject(id, Reject::Stale, out);
-                }
-            }
-            None => return self.reject(id, Reject::Stale, out),
+        // A share judged stale against work this miner has not been sent yet (the connector
+        // holds the new book and sends it in slices) gets that work first: the miner must hear
+        // of the new job before it hears its share was stale on the old one.
+        let stale = match book.find(&s.job_id) {
+            Some(e) => e
+                .superseded_at
+                .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.stale_grace),
+            None => true,
+        };
+        if stale {
+            self.send_work(book, now, out);
+            return self.reject(id, Reject::Stale, out);
         }
         let sent = &self.jobs[pos];
         let job_version = sent.entry.job.version;

@@ -335,6 +335,30 @@ fn stale_share_after_clean_jobs_is_rejected_with_code_21() {
 }
 
 #[test]
+fn a_stale_share_on_work_the_miner_was_not_sent_yet_gets_the_new_job_before_the_reject() {
+    let mut r = Rig::new(cfg());
+    r.login();
+    let old = r.book.current().unwrap().clone();
+    let nonce = r.find_nonce(&old, 0x2000_0000, target_of(1.0 / 16_777_216.0), None);
+    // The connector holds the new clean job but has not reached this miner in its broadcast.
+    r.book = r.book.with_job(job(2, 2, true, HARD_BITS), r.now);
+    let resp = r.send(&submit_line(4, "1", nonce));
+    assert_eq!(resp.len(), 2, "{resp:?}");
+    assert!(
+        resp[0].contains("mining.notify") && resp[0].contains("\"2\""),
+        "{resp:?}"
+    );
+    assert_eq!(
+        resp[1],
+        r#"{"id":4,"result":null,"error":[21,"Stale share",null]}"#
+    );
+    // The broadcast reaching it later sends nothing twice.
+    r.out.clear();
+    r.s.on_jobs(&r.book, r.now, &mut r.out);
+    assert!(r.out.is_empty(), "{}", String::from_utf8_lossy(&r.out));
+}
+
+#[test]
 fn share_on_previous_job_with_same_prevhash_is_accepted_within_grace_then_stale() {
     let mut r = Rig::new(cfg());
     r.login();

@@ -130,8 +130,10 @@ impl SyntheticJobs {
     /// Makes the next job and hands it to every subscriber; every fourth is on a new block.
     pub fn publish(&self) -> Arc<PoolJob> {
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
+        // Jobs 1-4 are on one block, 5-8 on the next...: the first job of a block, and only
+        // it, has a new prevhash and says clean_jobs, as a pool's do.
         let clean = seq % 4 == 1;
-        let height = 1_000_000 + (seq / 4) as u32;
+        let height = 1_000_000 + ((seq - 1) / 4) as u32;
         let ntime = (unix_us() / 1_000_000) as u32;
         let job = synthetic_job(seq, height, clean, ntime);
         let job = relay::work::Job::new(
@@ -364,5 +366,24 @@ mod tests {
             jobs.publish();
         }
         assert!(jobs.job(&first.job.id).is_none());
+    }
+
+    /// A job on a new prevhash without clean_jobs would leave miners on work the pool has
+    /// already dropped: their shares come back "stale" while they still hold the job current.
+    #[test]
+    fn a_job_is_clean_exactly_when_its_prevhash_is_new() {
+        let jobs = SyntheticJobs::new(CompactTarget(0x1d00_ffff), None).expect("source");
+        let mut prev = jobs.publish();
+        assert!(prev.job.clean_jobs);
+        for _ in 0..12 {
+            let next = jobs.publish();
+            assert_eq!(
+                next.job.clean_jobs,
+                next.job.prev_hash != prev.job.prev_hash,
+                "job {}",
+                next.job.id
+            );
+            prev = next;
+        }
     }
 }

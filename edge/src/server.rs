@@ -243,8 +243,10 @@ pub fn start_with_spool(
             dirty: Vec::new(),
             broadcast: Vec::new(),
             closing: std::collections::VecDeque::new(),
-            lane: lanes.next(),
-            disk: syncer.as_ref().map(LaneSyncer::sender),
+            lane: lanes.next().zip(syncer.as_ref()).map(|(writer, s)| Lane {
+                writer,
+                disk: s.sender(),
+            }),
             last_sync: Instant::now(),
             pending_trim: None,
             last_trim: Instant::now(),
@@ -552,9 +554,7 @@ struct Connector {
     broadcast: Vec<usize>,
     /// Finished connections still to be closed, a slice per loop turn.
     closing: std::collections::VecDeque<(usize, Option<CloseReason>)>,
-    lane: Option<LaneWriter>,
-    /// The [`LaneSyncer`]: the lane's fsyncs and trims run there, never on this thread.
-    disk: Option<Sender<LaneDiskWork>>,
+    lane: Option<Lane>,
     last_sync: Instant,
     /// Highest lane index a durable batch covers, not trimmed yet.
     pending_trim: Option<u64>,
@@ -562,17 +562,21 @@ struct Connector {
     usage_alerted: bool,
 }
 
-/// Hands a lane's disk work to the syncer; without one (never, when there is a lane) it runs
-/// here rather than not at all.
-fn send_disk_work(disk: &Option<Sender<LaneDiskWork>>, work: LaneDiskWork) {
-    let work = match disk {
-        Some(tx) => match tx.send(work) {
-            Ok(()) => return,
-            Err(e) => e.into_inner(),
-        },
-        None => work,
-    };
-    work.run_here();
+/// A connector's spool lane, and the [`LaneSyncer`] its fsyncs and trims go to: they never
+/// run on the connector's thread.
+struct Lane {
+    writer: LaneWriter,
+    disk: Sender<LaneDiskWork>,
+}
+
+impl Lane {
+    /// Hands disk work to the syncer; should its thread be gone, runs it here rather than not
+    /// at all.
+    fn hand_over(&self, work: LaneDiskWork) {
+        if let Err(e) = self.disk.send(work) {
+            e.into_inner().run();
+        }
+    }
 }
 
 /// Group commit interval of the spool lanes.
@@ -593,7 +597,7 @@ impl Connector {
     /// Runs before their answers reach the sockets, so a killed edge never forgets a share it
     /// acknowledged.
     fn spool_events(&mut self) {
-        let Some(lane) = self.lane.as_mut() else {
+        let Some(Lane { writer: lane, .. }) = self.lane.as_mut() else {
             return;
         };
         for ev in self.events.iter_mut() {
@@ -633,10 +637,10 @@ impl Connector {
         let (Some(lane), Some(index)) = (self.lane.as_mut(), self.pending_trim.take()) else {
             return;
         };
-        match lane.detach_trim(index) {
-            Ok(Some(work)) => send_disk_work(&self.disk, work),
+        match lane.writer.detach_trim(index) {
+            Ok(Some(work)) => lane.hand_over(work),
             Ok(None) => {}
-            Err(e) => tracing::error!(lane = lane.lane, error = %e, "spool trim failed"),
+            Err(e) => tracing::error!(lane = lane.writer.lane, error = %e, "spool trim failed"),
         }
     }
 
@@ -682,10 +686,12 @@ impl Connector {
         }
         self.last_sync = now;
         if let Some(lane) = self.lane.as_mut() {
-            match lane.detach_sync() {
-                Ok(Some(work)) => send_disk_work(&self.disk, work),
+            match lane.writer.detach_sync() {
+                Ok(Some(work)) => lane.hand_over(work),
                 Ok(None) => {}
-                Err(e) => tracing::error!(lane = lane.lane, error = %e, "spool fsync failed"),
+                Err(e) => {
+                    tracing::error!(lane = lane.writer.lane, error = %e, "spool fsync failed")
+                }
             }
         }
     }

@@ -78,15 +78,6 @@ impl LaneWriter {
         Ok(self.log.flush()?)
     }
 
-    /// Group commit: fsync everything appended since the last sync, here.
-    pub fn sync(&mut self) -> Result<(), SpoolError> {
-        if self.unsynced {
-            self.log.sync()?;
-            self.unsynced = false;
-        }
-        Ok(())
-    }
-
     /// Group commit for a thread that must not block: the fsync of everything appended since
     /// the last sync, for the [`LaneSyncer`] to run.
     pub fn detach_sync(&mut self) -> Result<Option<LaneDiskWork>, SpoolError> {
@@ -98,10 +89,6 @@ impl LaneWriter {
             lane: self.lane,
             work: DiskWork::Sync(p),
         }))
-    }
-
-    pub fn trim_through(&mut self, index: u64) -> Result<(), SpoolError> {
-        Ok(self.log.trim_through(index)?)
     }
 
     /// Forgets records through `index` at once; the files go when the [`LaneSyncer`] runs the
@@ -150,16 +137,28 @@ pub struct LaneDiskWork {
 }
 
 impl LaneDiskWork {
-    fn run(&self) -> Result<(), SegLogError> {
-        match &self.work {
+    /// Does the work; a failure is logged loudly and counted, as nobody waits for the result.
+    pub fn run(&self) {
+        let started = Instant::now();
+        let result = match &self.work {
             DiskWork::Sync(p) => p.run(),
             DiskWork::Trim(p) => p.run(),
+        };
+        if let Err(e) = result {
+            metrics::counter!("quarry_edge_spool_errors_total").increment(1);
+            match self.work {
+                DiskWork::Sync(_) => {
+                    tracing::error!(lane = self.lane, error = %e, "SPOOL FSYNC FAILED: shares since the last good fsync survive a killed edge but maybe not a power loss")
+                }
+                DiskWork::Trim(_) => {
+                    tracing::error!(lane = self.lane, error = %e, "spool trim failed: the lane keeps records a batch already covers")
+                }
+            }
         }
-    }
-
-    /// Runs it on the calling thread, for when no syncer is there to take it.
-    pub fn run_here(self) {
-        LaneSyncer::execute(&self);
+        if let DiskWork::Sync(_) = self.work {
+            metrics::histogram!("quarry_edge_spool_fsync_seconds")
+                .record(started.elapsed().as_secs_f64());
+        }
     }
 }
 
@@ -192,26 +191,7 @@ impl LaneSyncer {
 
     fn run(rx: Receiver<LaneDiskWork>) {
         for w in rx {
-            Self::execute(&w);
-        }
-    }
-
-    fn execute(w: &LaneDiskWork) {
-        let started = Instant::now();
-        if let Err(e) = w.run() {
-            metrics::counter!("quarry_edge_spool_errors_total").increment(1);
-            match w.work {
-                DiskWork::Sync(_) => {
-                    tracing::error!(lane = w.lane, error = %e, "SPOOL FSYNC FAILED: shares since the last good fsync survive a killed edge but maybe not a power loss")
-                }
-                DiskWork::Trim(_) => {
-                    tracing::error!(lane = w.lane, error = %e, "spool trim failed: the lane keeps records a batch already covers")
-                }
-            }
-        }
-        if let DiskWork::Sync(_) = w.work {
-            metrics::histogram!("quarry_edge_spool_fsync_seconds")
-                .record(started.elapsed().as_secs_f64());
+            w.run();
         }
     }
 
@@ -718,7 +698,7 @@ mod tests {
             pending.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
             vec![7, 8, 9, 10]
         );
-        lane.trim_through(8).unwrap();
+        lane.detach_trim(8).unwrap().expect("trim work").run();
         drop(lane);
         let mut lane = LaneWriter::open(dir.path(), 0, cfg()).unwrap();
         assert_eq!(lane.pending_after(None).unwrap().len(), 2);
@@ -726,7 +706,7 @@ mod tests {
     }
 
     #[test]
-    fn lane_work_run_by_the_syncer_trims_and_syncs_like_in_place() {
+    fn lane_work_run_by_the_syncer_trims_and_syncs_the_lane() {
         let dir = tempfile::TempDir::new().unwrap();
         let syncer = LaneSyncer::start().unwrap();
         let tx = syncer.sender();

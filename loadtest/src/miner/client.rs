@@ -33,7 +33,7 @@ use relay::{Hash256, PowAlgorithm};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -526,7 +526,10 @@ pub struct MinerSession {
     next_id: u64,
     outgoing: VecDeque<(Option<u64>, String)>,
     events: VecDeque<Event>,
-    pending: HashMap<u64, PendingRequest>,
+    /// Requests not answered yet, by id. Ids grow and lines leave in the order they were
+    /// queued, so the first entry is the one sent longest ago: timeouts look at it alone
+    /// instead of scanning every request on every wake-up.
+    pending: BTreeMap<u64, PendingRequest>,
     /// `None` until subscribed.
     extranonce1: Option<Extranonce>,
     extranonce2_size: usize,
@@ -572,7 +575,7 @@ impl MinerSession {
             next_id: 1,
             outgoing: VecDeque::new(),
             events: VecDeque::new(),
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             extranonce1: None,
             extranonce2_size: 0,
             difficulty: Difficulty::new(DEFAULT_DIFFICULTY).unwrap_or_default(),
@@ -735,11 +738,8 @@ impl MinerSession {
 
     /// When [`Self::handle_timeout`] next has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending
-            .values()
-            .filter_map(|p| p.sent_at)
-            .min()
-            .map(|t| t + self.config.response_timeout)
+        let (_, oldest) = self.pending.first_key_value()?;
+        oldest.sent_at.map(|t| t + self.config.response_timeout)
     }
 
     // ---- input ----
@@ -747,10 +747,11 @@ impl MinerSession {
     /// Gives up on requests unanswered for longer than the response timeout.
     pub fn handle_timeout(&mut self, now: Instant) {
         let limit = self.config.response_timeout;
+        // Sent in id order: the expired ones are a prefix.
         let expired: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, p)| {
+            .take_while(|(_, p)| {
                 p.sent_at
                     .is_some_and(|t| now.saturating_duration_since(t) > limit)
             })
@@ -2178,6 +2179,33 @@ mod tests {
         s.handle_timeout(t0 + Duration::from_secs(31));
         assert_eq!(s.stats().counts.unanswered, 1);
         assert_eq!(s.pending_submits(), 0);
+    }
+
+    #[test]
+    fn timeouts_follow_the_oldest_unanswered_request_also_when_answers_come_out_of_order() {
+        let job = test_job("1", true, 0x1d00ffff);
+        let mut s = ready(Profile::Cpuminer, PowAlgorithm::Sha256d, sha_diff(), &job);
+        let t0 = Instant::now();
+        let ids: Vec<u64> = (0..3)
+            .map(|i| {
+                let sub = s.next_share(10_000).unwrap();
+                drain(&mut s, t0 + Duration::from_secs(i * 10));
+                sub.id
+            })
+            .collect();
+        // The middle one answered first: the oldest still sets the deadline.
+        respond(&mut s, ids[1], json!(true), t0 + Duration::from_secs(21));
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        s.handle_timeout(t0 + Duration::from_secs(31));
+        assert_eq!(s.stats().counts.unanswered, 1);
+        // Next the one sent at 20 s; nothing else has expired yet.
+        assert_eq!(s.poll_timeout(), Some(t0 + Duration::from_secs(50)));
+        s.handle_timeout(t0 + Duration::from_secs(49));
+        assert_eq!(s.pending_submits(), 1);
+        respond(&mut s, ids[2], json!(true), t0 + Duration::from_secs(49));
+        assert_eq!(s.poll_timeout(), None);
+        assert_eq!(s.stats().counts.accepted, 2);
+        assert_eq!(s.stats().counts.unanswered, 1);
     }
 
     #[test]

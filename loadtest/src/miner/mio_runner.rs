@@ -41,11 +41,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
-/// The shortest wait between two hashing rounds of one miner: slow miners hash one candidate
-/// per round, fast ones a batch, so wake-ups stay below 100 per second per connection.
+/// The shortest wait between two hashing rounds of one miner, so wake-ups stay below 100 per
+/// second per connection however fast it hashes.
 const MIN_HASH_TICK: Duration = Duration::from_millis(10);
-/// Hashes one miner may spend per round before the loop moves on to the others.
+/// Hashes one miner may spend (or borrow) per round before the loop moves on to the others.
 const MAX_HASHES_PER_ROUND: u64 = 1024;
+/// How far ahead of its rate a miner may hash in one round (see `Worker::pump`).
+const MAX_HASH_DEBT: Duration = Duration::from_secs(1);
 /// A pool that leaves this many of our bytes unread is not reading: the connection is dropped.
 const MAX_PENDING_WRITE: usize = 1 << 20;
 /// Write buffers larger than this are given back once empty.
@@ -307,8 +309,7 @@ impl<'a> Worker<'a> {
                 self.begin_drain(now);
             }
             if let Some(since) = self.draining {
-                let open = self.miners.iter().any(|m| !matches!(m.phase, Phase::Done));
-                if !open || now >= since + self.cfg.drain_timeout {
+                if !self.awaiting_answers() || now >= since + self.cfg.drain_timeout {
                     break;
                 }
             }
@@ -373,6 +374,10 @@ impl<'a> Worker<'a> {
     }
 
     /// Stops connecting and hashing; connections wait for the answers to their last submits.
+    /// None is closed before every answer of this thread is in (or the drain times out): a
+    /// thread closing its 5,000 idle connections at once read nothing for up to half a second,
+    /// and the answers to the last submits of the run were measured that late (the p99.9 and
+    /// max of every run).
     fn begin_drain(&mut self, now: Instant) {
         self.draining = Some(now);
         for slot in 0..self.miners.len() {
@@ -381,6 +386,14 @@ impl<'a> Worker<'a> {
                 _ => self.close(slot, End::Stopped),
             }
         }
+    }
+
+    /// True while a connection of this thread still waits for the answer to a submit.
+    fn awaiting_answers(&self) -> bool {
+        self.miners.iter().any(|m| match &m.phase {
+            Phase::Up(link) => link.session.pending_submits() > 0,
+            _ => false,
+        })
     }
 
     /// Sets the miner's next wake-up (replacing the previous one).
@@ -603,9 +616,14 @@ impl<'a> Worker<'a> {
                 .as_secs_f64();
             link.tokens = (link.tokens + elapsed * rate).min(rate.max(1.0));
             link.last_refill = now;
+            // A round hashes until it finds a share (or spends its cap), borrowing the hashes
+            // from the future; the miner then sleeps until it has paid them back. Shares come
+            // at the same rate, with the gaps of real hardware (the time their hashes take),
+            // but a miner wakes once per share instead of once per hash.
+            let floor = -(rate * MAX_HASH_DEBT.as_secs_f64()).max(16.0);
             let mut spent = 0u64;
             while link.tokens >= 1.0 && spent < MAX_HASHES_PER_ROUND {
-                let budget = (link.tokens as u64)
+                let budget = ((link.tokens - floor) as u64)
                     .min(256)
                     .min(MAX_HASHES_PER_ROUND - spent) as u32;
                 let before = link.session.stats().counts.hashes;
@@ -670,9 +688,6 @@ impl<'a> Worker<'a> {
         link.published.publish(&link.session, self.live);
         if let SessionState::Failed(why) = link.session.state() {
             end.get_or_insert(End::Lost(why.clone()));
-        }
-        if draining.is_some() && link.session.pending_submits() == 0 {
-            end.get_or_insert(End::Stopped);
         }
         if let Some(end) = end {
             return self.close(slot, end);

@@ -102,7 +102,6 @@ fn serve(cfg: EdgeConfig) -> anyhow::Result<()> {
     });
     let slot = ServerSlot::default();
     let (lease_tx, lease_rx) = crossbeam_channel::unbounded();
-    let (share_tx, share_rx) = crossbeam_channel::unbounded();
     let uplink = Uplink::new(
         UplinkConfig {
             edge_id: cfg.edge_id.clone(),
@@ -120,11 +119,12 @@ fn serve(cfg: EdgeConfig) -> anyhow::Result<()> {
         lease,
         Some(lease_tx),
     );
+    let share_sink = uplink.share_sink();
     let uplink_thread = {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("uplink".into())
-            .spawn(move || uplink.run(share_rx, recovered, stop))?
+            .spawn(move || uplink.run(recovered, stop))?
     };
     let ctx = match lease {
         Some(c) => c,
@@ -143,7 +143,7 @@ fn serve(cfg: EdgeConfig) -> anyhow::Result<()> {
     let mut server_cfg = cfg.server_config(ctx.lease_prefix, ctx.extranonce2_size)?;
     server_cfg.threads = threads;
     let server = Arc::new(crate::server::start_with_spool(
-        server_cfg, share_tx, lanes,
+        server_cfg, share_sink, lanes,
     )?);
     slot.set(server.clone());
     println!(

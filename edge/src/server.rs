@@ -8,7 +8,7 @@
 
 use crate::jobs::{JobBook, JobEntry};
 use crate::session::{CloseReason, Session, SessionConfig};
-use crate::share::ShareEvent;
+use crate::share::{ShareEvent, ShareSink};
 use crate::slots::SlotAllocator;
 use crate::spool::{LaneDiskWork, LaneSyncer, LaneWriter};
 use crossbeam_channel::{Receiver, Sender};
@@ -169,7 +169,7 @@ impl Drop for ServerHandle {
 }
 
 /// Starts the server without a spool (the core's own port: shares go straight to the ledger).
-pub fn start(cfg: ServerConfig, shares: Sender<ShareEvent>) -> io::Result<ServerHandle> {
+pub fn start(cfg: ServerConfig, shares: impl ShareSink + 'static) -> io::Result<ServerHandle> {
     start_with_spool(cfg, shares, Vec::new())
 }
 
@@ -187,9 +187,10 @@ pub fn thread_count(cfg: &ServerConfig) -> usize {
 /// connector's spool lane before the miner hears "accepted".
 pub fn start_with_spool(
     cfg: ServerConfig,
-    shares: Sender<ShareEvent>,
+    shares: impl ShareSink + 'static,
     lanes: Vec<LaneWriter>,
 ) -> io::Result<ServerHandle> {
+    let shares: Arc<dyn ShareSink> = Arc::new(shares);
     let threads = thread_count(&cfg);
     if !lanes.is_empty() && lanes.len() != threads {
         return Err(io::Error::new(
@@ -545,7 +546,7 @@ struct Connector {
     cfg: Arc<ServerConfig>,
     session_cfg: Arc<SessionConfig>,
     admission: Arc<Admission>,
-    shares: Sender<ShareEvent>,
+    shares: Arc<dyn ShareSink>,
     shutdown: Arc<AtomicBool>,
     events: Vec<ShareEvent>,
     /// Connections with answers waiting for this turn's lane write.
@@ -651,12 +652,14 @@ impl Connector {
         if !self.events.is_empty() {
             self.spool_events();
         }
-        for ev in self.events.drain(..) {
-            if let ShareEvent::Block(b) = &ev {
-                metrics::counter!("quarry_edge_blocks_found_total").increment(1);
-                tracing::info!(worker = %b.share.worker, job = %b.share.job_id, "block candidate found");
+        if !self.events.is_empty() {
+            for ev in &self.events {
+                if let ShareEvent::Block(b) = ev {
+                    metrics::counter!("quarry_edge_blocks_found_total").increment(1);
+                    tracing::info!(worker = %b.share.worker, job = %b.share.job_id, "block candidate found");
+                }
             }
-            if self.shares.send(ev).is_err() {
+            if !self.shares.take(std::mem::take(&mut self.events)) {
                 tracing::error!("share channel closed: shares can no longer be forwarded");
             }
         }

@@ -590,6 +590,11 @@ const LANE_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Connections sent a new job per loop turn. A job is a 1.3 KB notify per connection; sent to
 /// all 5,000 of a thread's connections in one pass it held their answers for hundreds of ms.
 const BROADCAST_SLICE: usize = 256;
+/// Ready sockets one loop turn handles. A turn's answers leave together at its end (after the
+/// lane write), so the first miner read in a turn waits for the whole turn: 1,024 submits at
+/// ~8 µs each held answers ~8 ms. The per-turn costs (`epoll_wait`, one lane write, one uplink
+/// wake-up) are ~20 µs, under 0.1 µs a share at this size.
+const TURN_EVENTS: usize = 256;
 /// Connections closed per loop turn when many hang up at once.
 const CLOSE_SLICE: usize = 256;
 
@@ -700,7 +705,7 @@ impl Connector {
     }
 
     fn run(&mut self) {
-        let mut events = Events::with_capacity(1024);
+        let mut events = Events::with_capacity(TURN_EVENTS);
         let mut buf = vec![0u8; 64 * 1024];
         let mut last_tick = Instant::now();
         while !self.shutdown.load(Ordering::Relaxed) {

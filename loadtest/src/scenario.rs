@@ -199,6 +199,9 @@ pub struct EdgeSpec {
     pub ban_after_invalid: u32,
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout_secs: u64,
+    /// The edge's connector threads (`stratum.threads`); 0 = one per core.
+    #[serde(default)]
+    pub threads: usize,
 }
 
 fn default_max_connections() -> usize {
@@ -217,6 +220,7 @@ impl Default for EdgeSpec {
             max_connections: default_max_connections(),
             ban_after_invalid: default_ban_after_invalid(),
             handshake_timeout_secs: default_handshake_timeout(),
+            threads: 0,
         }
     }
 }
@@ -548,6 +552,7 @@ listen = "{stratum}"
 start_difficulty = {d:e}
 min_difficulty = {d:e}
 max_difficulty = {d:e}
+threads = {threads}
 
 [limits]
 max_connections = {maxc}
@@ -565,6 +570,7 @@ listen = "{metrics}"
         maxc = s.edge.max_connections,
         ban = s.edge.ban_after_invalid,
         hs = s.edge.handshake_timeout_secs,
+        threads = s.edge.threads,
     )
 }
 
@@ -1521,6 +1527,22 @@ blackouts = [{ at_secs = 2, for_secs = 1 }]
         assert!(s.link.blacked_out_at(2.5));
         assert!(!s.link.blacked_out_at(3.0));
         assert_eq!(s.edge.max_connections, 15_000);
+        assert_eq!(
+            s.edge.threads, 0,
+            "one connector thread per core unless asked"
+        );
+    }
+
+    #[test]
+    fn the_edge_config_carries_the_scenarios_edge_settings() {
+        let mut s = Scenario::parse(TINY).expect("parse");
+        s.edge.threads = 1;
+        s.edge.max_connections = 123;
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let text = edge_config(&s, Path::new("/tmp/x"), a, a, a);
+        let cfg: toml::Value = toml::from_str(&text).expect("the written config is TOML");
+        assert_eq!(cfg["stratum"]["threads"].as_integer(), Some(1));
+        assert_eq!(cfg["limits"]["max_connections"].as_integer(), Some(123));
     }
 
     #[test]

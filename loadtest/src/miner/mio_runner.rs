@@ -46,6 +46,8 @@ use tracing::{debug, info};
 const MIN_HASH_TICK: Duration = Duration::from_millis(10);
 /// Hashes one miner may spend (or borrow) per round before the loop moves on to the others.
 const MAX_HASHES_PER_ROUND: u64 = 1024;
+/// How much earlier than asked a miner's existing wake-up may be and still stand.
+const WAKE_SLACK: Duration = Duration::from_millis(1);
 /// How far ahead of its rate a miner may hash in one round (see `Worker::pump`).
 const MAX_HASH_DEBT: Duration = Duration::from_secs(1);
 /// A pool that leaves this many of our bytes unread is not reading: the connection is dropped.
@@ -396,9 +398,15 @@ impl<'a> Worker<'a> {
         })
     }
 
-    /// Sets the miner's next wake-up (replacing the previous one).
+    /// Sets the miner's next wake-up (replacing the previous one). One already due at most
+    /// [`WAKE_SLACK`] earlier is kept: waking early is harmless (the pump looks at the clock),
+    /// and recomputing the same hashing deadline after every answer pushed a new heap entry
+    /// per share.
     fn schedule(&mut self, slot: usize, at: Instant) {
         let m = &mut self.miners[slot];
+        if m.wake.is_some_and(|w| w <= at && at - w <= WAKE_SLACK) {
+            return;
+        }
         if m.wake != Some(at) {
             m.wake = Some(at);
             self.timers.push(Reverse((at, slot)));

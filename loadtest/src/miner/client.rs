@@ -509,6 +509,26 @@ fn deposit_bits(mut value: u32, mask: u32) -> u32 {
     out
 }
 
+/// What identifies an accepted share (with the session's user name): see [`AcceptedKey::id`].
+#[derive(Clone, Debug)]
+struct AcceptedKey {
+    job_id: JobId,
+    extranonce1: Extranonce,
+    extranonce2: Extranonce,
+    ntime: u32,
+    nonce: u32,
+}
+
+impl AcceptedKey {
+    /// The id [`crate::exactly_once`] matches against the core's credits.
+    fn id(&self, user: &str) -> String {
+        format!(
+            "{user}/{}/{}/{}/{:08x}/{:08x}",
+            self.job_id, self.extranonce1, self.extranonce2, self.ntime, self.nonce
+        )
+    }
+}
+
 /// A hash that missed both targets, kept to be sent later as a deliberately low-difficulty share.
 #[derive(Clone, Copy, Debug)]
 struct LowCandidate {
@@ -543,6 +563,9 @@ pub struct MinerSession {
     dropped: VecDeque<JobId>,
     accepted: VecDeque<(JobId, Submit<'static>)>,
     low_candidate: Option<(JobId, LowCandidate)>,
+    /// Accepted valid shares when `record_accepted`; worded as ids only when the session ends
+    /// (formatting one per answer was a twentieth of the harness's CPU).
+    accepted_keys: Vec<AcceptedKey>,
     next_kind: Option<ShareKind>,
     malformed_sent: u64,
     stats: SessionStats,
@@ -586,6 +609,7 @@ impl MinerSession {
             dropped: VecDeque::new(),
             accepted: VecDeque::new(),
             low_candidate: None,
+            accepted_keys: Vec::new(),
             next_kind: None,
             malformed_sent: 0,
             stats: if config.latency_histogram {
@@ -689,6 +713,10 @@ impl MinerSession {
 
     /// Ends the session: submits still unanswered are counted as such.
     pub fn into_stats(mut self) -> SessionStats {
+        let user = &self.config.username;
+        self.stats
+            .accepted_ids
+            .extend(self.accepted_keys.iter().map(|k| k.id(user)));
         self.stats.counts.unanswered += self.pending_submits() as u64;
         self.stats
     }
@@ -988,10 +1016,13 @@ impl MinerSession {
                         &share.submit,
                         share.extranonce1,
                     ) {
-                        self.stats.accepted_ids.push(format!(
-                            "{}/{}/{}/{}/{:08x}/{:08x}",
-                            s.worker, share.job_id, e1, s.extranonce2, s.ntime, s.nonce
-                        ));
+                        self.accepted_keys.push(AcceptedKey {
+                            job_id: share.job_id.clone(),
+                            extranonce1: e1,
+                            extranonce2: s.extranonce2,
+                            ntime: s.ntime,
+                            nonce: s.nonce,
+                        });
                     }
                     if let Some(s) = share.submit.clone() {
                         if self.accepted.len() == MAX_ACCEPTED_KEPT {

@@ -625,9 +625,33 @@ fn v_hex_bytes(method: &str, field: &str, v: Option<&Value>) -> Result<Vec<u8>, 
     hex::decode(s).map_err(|e| p_err(method, format!("{field} is not hex: {e}")))
 }
 
+/// The id of `{"id":N,"result":true,"error":null}` written exactly so (as [`encode_result`]
+/// writes an accepted share's answer): the line a miner reads most, handled without building a
+/// JSON tree. Any other spelling goes through the full parser.
+fn plain_accept_id(line: &[u8]) -> Option<u64> {
+    let rest = line.strip_prefix(b"{\"id\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (num, tail) = rest.split_at(digits);
+    if tail != b",\"result\":true,\"error\":null}" || num.is_empty() {
+        return None;
+    }
+    // JSON allows no leading zero.
+    if num.len() > 1 && num[0] == b'0' {
+        return None;
+    }
+    std::str::from_utf8(num).ok()?.parse().ok()
+}
+
 impl ServerMessage {
     /// Parses one line received from a pool.
     pub fn parse(line: &[u8]) -> Result<ServerMessage, ProtocolError> {
+        if let Some(id) = plain_accept_id(line) {
+            return Ok(ServerMessage::Response(Response {
+                id: RequestId::Number(id),
+                result: Value::Bool(true),
+                error: None,
+            }));
+        }
         let v: Value = serde_json::from_slice(line)
             .map_err(|e| ProtocolError::Other(format!("not JSON: {e}")))?;
         let obj = v
@@ -769,6 +793,54 @@ mod tests {
     use super::*;
     use crate::hash::Hash256;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_plain_accept_parses_as_the_full_parser_would() {
+        let slow = |line: &[u8]| {
+            let v: Value = serde_json::from_slice(line).unwrap();
+            Response {
+                id: RequestId::from_value(&v["id"]),
+                result: v["result"].clone(),
+                error: None,
+            }
+        };
+        for line in [
+            &br#"{"id":7,"result":true,"error":null}"#[..],
+            br#"{"id":0,"result":true,"error":null}"#,
+            br#"{"id":18446744073709551615,"result":true,"error":null}"#,
+        ] {
+            assert_eq!(
+                plain_accept_id(line).map(RequestId::Number),
+                Some(slow(line).id)
+            );
+            assert_eq!(
+                ServerMessage::parse(line).unwrap(),
+                ServerMessage::Response(slow(line))
+            );
+        }
+        // Everything else takes the full parser (and gets its verdict).
+        for line in [
+            &br#"{"id":07,"result":true,"error":null}"#[..],
+            br#"{"id":18446744073709551616,"result":true,"error":null}"#,
+            br#"{"id":7,"result":true,"error":null} "#,
+            br#"{"id": 7,"result":true,"error":null}"#,
+            br#"{"id":7,"result":false,"error":null}"#,
+            br#"{"id":"7","result":true,"error":null}"#,
+            br#"{"id":,"result":true,"error":null}"#,
+        ] {
+            assert_eq!(
+                plain_accept_id(line),
+                None,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert!(ServerMessage::parse(br#"{"id":07,"result":true,"error":null}"#).is_err());
+        assert_eq!(
+            ServerMessage::parse(br#"{"id": 7,"result":true,"error":null}"#).unwrap(),
+            ServerMessage::Response(slow(br#"{"id":7,"result":true,"error":null}"#))
+        );
+    }
 
     #[test]
     fn submit_with_five_params_parses_on_the_fast_path() {

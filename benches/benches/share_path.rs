@@ -7,7 +7,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use relay::pow::PowAlgorithm;
-use relay::stratum::{ClientRequest, Request};
+use relay::stratum::{ClientRequest, Request, RequestId, ServerMessage, ServerNotification};
 use relay::work::{CompactTarget, Difficulty, Extranonce, Job, JobId, PrevHash, ShareWork, Target};
 use relay::{sha256d, Hash256};
 use sha2::{Digest, Sha256};
@@ -68,6 +68,20 @@ fn bench_parse(c: &mut Criterion) {
     }
     g.bench_function("parse_submit", |b| {
         b.iter(|| Request::parse(black_box(SUBMIT_LINE)))
+    });
+    // What every miner reads with each new job (a simulated miner parses 10,000 of these per
+    // job broadcast in the load harness).
+    let notify = ServerNotification::Notify(job_with_branches(12)).encode(&RequestId::Null);
+    let notify = notify.as_bytes();
+    match ServerMessage::parse(notify.trim_ascii_end()).expect("notify parses") {
+        ServerMessage::Notification {
+            body: ServerNotification::Notify(j),
+            ..
+        } => assert_eq!(j.merkle_branch.len(), 12),
+        other => panic!("not a notify: {other:?}"),
+    }
+    g.bench_function("parse_notify_12_branches", |b| {
+        b.iter(|| ServerMessage::parse(black_box(notify.trim_ascii_end())))
     });
     g.finish();
 }

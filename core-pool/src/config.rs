@@ -229,7 +229,7 @@ fn default_audit_per_mille() -> u16 {
     20
 }
 fn default_max_batch_shares() -> u16 {
-    100
+    1000
 }
 fn default_max_batch_delay_ms() -> u32 {
     200
@@ -599,7 +599,7 @@ password = "p"
         let g = c.gateway.expect("the example enables the gateway");
         assert_eq!(g.listen, SocketAddr::from(([0, 0, 0, 0], 4444)));
         assert_eq!(g.policies.audit_per_mille, 20);
-        assert_eq!(g.policies.max_batch_shares, 100);
+        assert_eq!(g.policies.max_batch_shares, 1000);
         assert_eq!(g.policies.max_batch_delay_ms, 200);
         assert_eq!(g.ban, Duration::from_secs(600));
     }

@@ -132,7 +132,7 @@ impl GatewayConfig {
             journal_dir,
             policies: Policies {
                 audit_per_mille: 20,
-                max_batch_shares: 100,
+                max_batch_shares: 1000,
                 max_batch_delay_ms: 200,
             },
             ban: Duration::from_secs(600),

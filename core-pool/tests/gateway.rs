@@ -420,7 +420,7 @@ fn batches_are_acked_after_journaling_credited_once_and_replays_are_acked_again(
         assert_eq!(welcome.extranonce2_size, 4);
         assert_eq!(welcome.acked_through, None);
         assert_eq!(welcome.policies.audit_per_mille, 20);
-        assert_eq!(welcome.policies.max_batch_shares, 100);
+        assert_eq!(welcome.policies.max_batch_shares, 1000);
         assert_eq!(job.id.as_str(), "job-a");
         let epoch = welcome.epoch;
         let ctx = edge.ctx();

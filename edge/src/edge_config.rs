@@ -71,7 +71,7 @@ pub struct CoreSection {
 }
 
 fn default_batch_shares() -> usize {
-    100
+    1000
 }
 fn default_batch_delay() -> u64 {
     200
@@ -328,7 +328,7 @@ mod tests {
         std::fs::write(&path, example_with_pki(dir.path())).unwrap();
         let c = EdgeConfig::load(&path).unwrap();
         assert_eq!(c.edge_id.as_str(), "farm-1");
-        assert_eq!(c.max_batch_shares, 100);
+        assert_eq!(c.max_batch_shares, 1000);
         assert_eq!(c.endpoints[0].server_name, "127.0.0.1");
         assert!(
             c.fallback.is_none(),

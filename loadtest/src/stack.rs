@@ -337,7 +337,7 @@ cert = "{cert}"
 key = "{key}"
 ca = "{ca}"
 journal_dir = "{journal}"
-max_batch_shares = 100
+max_batch_shares = 1000
 max_batch_delay_ms = 200
 "#,
         cert = pki.join("core.crt").display(),

@@ -257,7 +257,7 @@ impl SyntheticCoreConfig {
             job_interval: Duration::from_secs(30),
             blocks_log: None,
             audit_per_mille: 20,
-            max_batch_shares: 100,
+            max_batch_shares: 1000,
             max_batch_delay_ms: 200,
         }
     }

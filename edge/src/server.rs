@@ -748,7 +748,7 @@ impl Connector {
                 last_tick = now;
                 let mut to_close = Vec::new();
                 for (key, c) in self.conns.iter_mut() {
-                    if let Some(reason) = c.session.on_tick(now) {
+                    if let Some(reason) = c.session.on_tick(&self.book, now) {
                         to_close.push((key, reason.clone()));
                     }
                 }

@@ -256,6 +256,11 @@ impl SentJob {
         match self.seen.binary_search(&fp) {
             Ok(_) => false,
             Err(at) => {
+                // Grown by a quarter rather than doubled: these records are most of a busy
+                // connection's memory (8 bytes a share for up to two jobs' lifetimes).
+                if self.seen.len() == self.seen.capacity() {
+                    self.seen.reserve_exact(self.seen.len() / 4 + 16);
+                }
                 self.seen.insert(at, fp);
                 true
             }
@@ -536,6 +541,11 @@ impl Session {
         }
         out.extend_from_slice(current.notify_line.as_bytes());
         let target = Target::from_difficulty(difficulty, self.cfg.algorithm.diff1());
+        // The job it replaces takes few shares from now on: give back its record's slack (up
+        // to half of it, from doubling), a third of a busy connection's memory.
+        if let Some(prev) = self.jobs.back_mut() {
+            prev.seen.shrink_to_fit();
+        }
         self.jobs.push_back(SentJob {
             entry: current.clone(),
             difficulty,
@@ -605,8 +615,11 @@ impl Session {
         }
     }
 
-    /// Timer: closes idle or never-authorized connections.
-    pub fn on_tick(&mut self, now: Instant) -> Option<&CloseReason> {
+    /// Timer: closes idle or never-authorized connections, and frees the duplicate records of
+    /// jobs whose grace period has passed (rather than when the next job comes, which may be
+    /// minutes away).
+    pub fn on_tick(&mut self, book: &JobBook, now: Instant) -> Option<&CloseReason> {
+        self.forget_expired_shares(book, now);
         if self.close.is_none() {
             if !self.is_ready()
                 && now.saturating_duration_since(self.created) > self.cfg.handshake_timeout

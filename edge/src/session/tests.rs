@@ -207,9 +207,20 @@ fn duplicate_on_a_superseded_job_is_caught_within_grace_and_its_records_go_after
         vec![r#"{"id":8,"result":null,"error":[22,"Duplicate share",null]}"#]
     );
     assert_eq!(r.s.jobs[0].seen.len(), 1);
-    // Past the grace period the next job frees it: such a share is stale before it could be a
-    // duplicate.
+    assert!(
+        r.s.jobs[0].seen.capacity() < 4,
+        "the superseded job's record is shrunk"
+    );
+    // Within the grace period a tick keeps it; past it the tick frees it, without waiting for
+    // the next job: such a share is stale before it could be a duplicate.
+    assert!(r
+        .s
+        .on_tick(&r.book, r.now + Duration::from_secs(29))
+        .is_none());
+    assert_eq!(r.s.jobs[0].seen.len(), 1);
     r.now += Duration::from_secs(31);
+    assert!(r.s.on_tick(&r.book, r.now).is_none());
+    assert_eq!(r.s.jobs[0].seen.capacity(), 0);
     r.publish(job(3, 1, false, HARD_BITS));
     assert_eq!(r.s.jobs[0].entry.job.id.as_str(), "1");
     assert_eq!(r.s.jobs[0].seen.capacity(), 0);
@@ -732,9 +743,12 @@ fn a_zero_ratio_leaves_only_the_run_rule_and_a_zero_limit_never_bans() {
 #[test]
 fn silent_connection_times_out() {
     let mut r = Rig::new(cfg());
-    assert!(r.s.on_tick(r.now + Duration::from_secs(5)).is_none());
+    assert!(r
+        .s
+        .on_tick(&r.book, r.now + Duration::from_secs(5))
+        .is_none());
     assert_eq!(
-        r.s.on_tick(r.now + Duration::from_secs(31)),
+        r.s.on_tick(&r.book, r.now + Duration::from_secs(31)),
         Some(&CloseReason::HandshakeTimeout)
     );
 }

@@ -7,7 +7,7 @@
 use relay::stratum::{RequestId, ServerNotification};
 use relay::work::{Job, Target, VersionMask};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One job with what validation needs beside it.
 #[derive(Debug)]
@@ -110,5 +110,16 @@ impl JobBook {
             .iter()
             .rev()
             .find(|e| e.entry.job.id.as_str() == job_id)
+    }
+
+    /// True when no share on `job_id` can be taken any more: the job is gone from the book, or
+    /// it was superseded more than `grace` ago.
+    pub fn is_stale(&self, job_id: &str, now: Instant, grace: Duration) -> bool {
+        match self.find(job_id) {
+            Some(e) => e
+                .superseded_at
+                .is_some_and(|t| now.saturating_duration_since(t) > grace),
+            None => true,
+        }
     }
 }

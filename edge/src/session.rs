@@ -566,16 +566,9 @@ impl Session {
     /// duplicates are looked at.
     fn forget_expired_shares(&mut self, book: &JobBook, now: Instant) {
         for j in self.jobs.iter_mut() {
-            if j.seen.capacity() == 0 {
-                continue;
-            }
-            let expired = match book.find(j.entry.job.id.as_str()) {
-                Some(e) => e
-                    .superseded_at
-                    .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.stale_grace),
-                None => true,
-            };
-            if expired {
+            if j.seen.capacity() != 0
+                && book.is_stale(j.entry.job.id.as_str(), now, self.cfg.stale_grace)
+            {
                 j.seen = Vec::new();
             }
         }
@@ -679,13 +672,7 @@ impl Session {
         // A share judged stale against work this miner has not been sent yet (the connector
         // holds the new book and sends it in slices) gets that work first: the miner must hear
         // of the new job before it hears its share was stale on the old one.
-        let stale = match book.find(&s.job_id) {
-            Some(e) => e
-                .superseded_at
-                .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.stale_grace),
-            None => true,
-        };
-        if stale {
+        if book.is_stale(&s.job_id, now, self.cfg.stale_grace) {
             self.send_work(book, now, out);
             return self.reject(id, Reject::Stale, out);
         }

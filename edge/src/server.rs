@@ -656,8 +656,6 @@ impl Connector {
     fn finish_turn(&mut self) {
         if !self.events.is_empty() {
             self.spool_events();
-        }
-        if !self.events.is_empty() {
             for ev in &self.events {
                 if let ShareEvent::Block(b) = ev {
                     metrics::counter!("quarry_edge_blocks_found_total").increment(1);

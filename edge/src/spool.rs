@@ -139,25 +139,23 @@ pub struct LaneDiskWork {
 impl LaneDiskWork {
     /// Does the work; a failure is logged loudly and counted, as nobody waits for the result.
     pub fn run(&self) {
-        let started = Instant::now();
-        let result = match &self.work {
-            DiskWork::Sync(p) => p.run(),
-            DiskWork::Trim(p) => p.run(),
-        };
-        if let Err(e) = result {
-            metrics::counter!("quarry_edge_spool_errors_total").increment(1);
-            match self.work {
-                DiskWork::Sync(_) => {
-                    tracing::error!(lane = self.lane, error = %e, "SPOOL FSYNC FAILED: shares since the last good fsync survive a killed edge but maybe not a power loss")
-                }
-                DiskWork::Trim(_) => {
-                    tracing::error!(lane = self.lane, error = %e, "spool trim failed: the lane keeps records a batch already covers")
+        match &self.work {
+            DiskWork::Sync(p) => {
+                let started = Instant::now();
+                let result = p.run();
+                metrics::histogram!("quarry_edge_spool_fsync_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                if let Err(e) = result {
+                    metrics::counter!("quarry_edge_spool_errors_total").increment(1);
+                    tracing::error!(lane = self.lane, error = %e, "SPOOL FSYNC FAILED: shares since the last good fsync survive a killed edge but maybe not a power loss");
                 }
             }
-        }
-        if let DiskWork::Sync(_) = self.work {
-            metrics::histogram!("quarry_edge_spool_fsync_seconds")
-                .record(started.elapsed().as_secs_f64());
+            DiskWork::Trim(p) => {
+                if let Err(e) = p.run() {
+                    metrics::counter!("quarry_edge_spool_errors_total").increment(1);
+                    tracing::error!(lane = self.lane, error = %e, "spool trim failed: the lane keeps records a batch already covers");
+                }
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod edge_config;
 pub mod fallback;
+pub mod inbox;
 pub mod jobs;
 pub mod server;
 pub mod session;

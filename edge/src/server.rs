@@ -662,7 +662,7 @@ impl Connector {
                     tracing::info!(worker = %b.share.worker, job = %b.share.job_id, "block candidate found");
                 }
             }
-            if !self.shares.take(std::mem::take(&mut self.events)) {
+            if !self.shares.take(&mut self.events) {
                 tracing::error!("share channel closed: shares can no longer be forwarded");
             }
         }

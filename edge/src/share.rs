@@ -63,18 +63,19 @@ pub enum ShareEvent {
 }
 
 /// Where the Stratum server's connector threads hand their accepted shares: one call per loop
-/// turn with everything that turn accepted, in order, so the consumer is woken once per turn
-/// rather than once per share (per-share wake-ups of the uplink were a tenth of the edge's CPU
-/// at 27,000 shares/s).
+/// turn with everything that turn accepted, in order, so the consumer is woken at most once per
+/// turn rather than once per share (per-share wake-ups of the uplink were a tenth of the edge's
+/// CPU at 27,000 shares/s).
 pub trait ShareSink: Send + Sync {
-    /// Takes one turn's events. False once nobody is listening any more (the events are lost
-    /// to this sink; the spool still has the accepted ones).
-    fn take(&self, events: Vec<ShareEvent>) -> bool;
+    /// Takes one turn's events, leaving `events` empty (the caller keeps its allocation). False
+    /// once nobody is listening any more (the events are lost to this sink; the spool still has
+    /// the accepted ones).
+    fn take(&self, events: &mut Vec<ShareEvent>) -> bool;
 }
 
 /// A channel of single events, for consumers that handle one share at a time.
 impl ShareSink for crossbeam_channel::Sender<ShareEvent> {
-    fn take(&self, events: Vec<ShareEvent>) -> bool {
-        events.into_iter().all(|ev| self.send(ev).is_ok())
+    fn take(&self, events: &mut Vec<ShareEvent>) -> bool {
+        events.drain(..).all(|ev| self.send(ev).is_ok())
     }
 }

@@ -39,7 +39,9 @@ enum Entry {
 
 #[derive(Debug)]
 pub struct Batcher {
-    pending: Vec<Entry>,
+    /// Entries with when each was pushed, so that what a full batch leaves behind is aged from
+    /// its own first entry.
+    pending: Vec<(Instant, Entry)>,
     /// Shares (not covered entries) in `pending`.
     shares: usize,
     oldest: Option<Instant>,
@@ -75,7 +77,7 @@ impl Batcher {
             self.oldest = Some(now);
         }
         self.urgent |= share.data.meets_upstream;
-        self.pending.push(Entry::Share(share));
+        self.pending.push((now, Entry::Share(share)));
         self.shares += 1;
     }
 
@@ -84,7 +86,7 @@ impl Batcher {
         if self.pending.is_empty() {
             self.oldest = Some(now);
         }
-        self.pending.push(Entry::Covered(spool_ref));
+        self.pending.push((now, Entry::Covered(spool_ref)));
     }
 
     /// When the current batch must leave at the latest.
@@ -117,7 +119,7 @@ impl Batcher {
     fn take(&mut self, n: usize) -> ReadyBatch {
         let mut cut = self.pending.len();
         let mut seen = 0;
-        for (i, e) in self.pending.iter().enumerate() {
+        for (i, (_, e)) in self.pending.iter().enumerate() {
             if let Entry::Share(_) = e {
                 seen += 1;
                 if seen == n {
@@ -131,16 +133,14 @@ impl Batcher {
         self.urgent = self
             .pending
             .iter()
-            .any(|e| matches!(e, Entry::Share(p) if p.data.meets_upstream));
-        self.oldest = if self.pending.is_empty() {
-            None
-        } else {
-            // The remainder arrived after the taken ones; age them from now on conservatively.
-            self.oldest
-        };
+            .any(|(_, e)| matches!(e, Entry::Share(p) if p.data.meets_upstream));
+        // The remainder is aged from its own first entry. (Aging it from the taken batch's
+        // first share sent it at once as a small batch of its own whenever shares arrive in
+        // clumps: full batch, tiny batch, full batch...)
+        self.oldest = self.pending.first().map(|(at, _)| *at);
         let mut marks: BTreeMap<u16, u64> = BTreeMap::new();
         let mut shares = Vec::with_capacity(taken.len());
-        for e in taken {
+        for (_, e) in taken {
             let spool_ref = match e {
                 Entry::Share(p) => {
                     shares.push(p.data);
@@ -220,6 +220,28 @@ mod tests {
         assert_eq!(r.marks, vec![(0, 4)]);
         assert!(b.is_empty());
         assert_eq!(b.deadline(), None);
+    }
+
+    #[test]
+    fn what_a_full_batch_leaves_behind_ages_from_its_own_first_share() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut b = Batcher::new(3, ms(200));
+        b.push(share(0, 1), t);
+        b.push(share(0, 2), t + ms(100));
+        // A clump at 200 ms: the first batch is due by age and by count, the rest are new.
+        b.push(share(0, 3), t + ms(200));
+        b.push(share(0, 4), t + ms(200));
+        let r = b.poll(t + ms(200)).unwrap();
+        assert_eq!(r.shares.len(), 3);
+        assert!(
+            b.poll(t + ms(200)).is_none(),
+            "one fresh share is not a batch"
+        );
+        assert_eq!(b.deadline(), Some(t + ms(400)));
+        b.push(share(0, 5), t + ms(300));
+        assert!(b.poll(t + ms(399)).is_none());
+        assert_eq!(b.poll(t + ms(400)).unwrap().shares.len(), 2);
     }
 
     #[test]

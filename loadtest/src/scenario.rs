@@ -1258,6 +1258,16 @@ pub fn summary(r: &ScenarioReport) -> String {
         lat.max as f64 / 1000.0,
         lat.count
     );
+    if let Some(a) = &r.miner_stats.arrival_latency_us {
+        let _ = writeln!(
+            o,
+            "  at arrival in the miners' sockets (kernel stamp, without the harness's own read delay): p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+            a.p50 as f64 / 1000.0,
+            a.p99 as f64 / 1000.0,
+            a.p999 as f64 / 1000.0,
+            a.max as f64 / 1000.0
+        );
+    }
     let _ = writeln!(
         o,
         "core credited {}; lost {}; double-credited {}; credited but unacknowledged {}; settled {}",

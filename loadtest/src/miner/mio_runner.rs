@@ -33,12 +33,12 @@ use relay::stratum::{LineFramer, DEFAULT_MAX_LINE};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{debug, info};
 
 /// The shortest wait between two hashing rounds of one miner, so wake-ups stay below 100 per
@@ -148,6 +148,7 @@ pub fn connect_nonblocking(to: SocketAddr, from: Option<IpAddr>) -> io::Result<T
     let socket = Socket::new(Domain::for_address(to), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
     socket.set_nodelay(true)?;
+    enable_receive_stamps(&socket);
     if let Some(ip) = from {
         bind_address_no_port(&socket);
         socket.bind(&SocketAddr::new(ip, 0).into())?;
@@ -210,6 +211,9 @@ struct Link {
     connected_at: Instant,
     authorized: bool,
     published: Published,
+    /// How long the last answers read sat in the socket before this thread read them (from the
+    /// kernel's receive stamp): the harness's own delay, not the pool's.
+    read_lag: Duration,
 }
 
 /// One simulated miner: a slot that lives for the whole run and reconnects as needed.
@@ -546,6 +550,7 @@ impl<'a> Worker<'a> {
             connected_at: now,
             authorized: false,
             published: Published::default(),
+            read_lag: Duration::ZERO,
         }));
         self.totals.connects += 1;
         self.live.connected.fetch_add(1, Ordering::Relaxed);
@@ -564,11 +569,14 @@ impl<'a> Worker<'a> {
             return;
         };
         let end = loop {
-            match link.stream.read(&mut self.buf) {
-                Ok(0) => break Some(End::Lost("closed by the pool".into())),
-                Ok(n) => {
+            match recv_stamped(&link.stream, &mut self.buf) {
+                Ok((0, _)) => break Some(End::Lost("closed by the pool".into())),
+                Ok((n, stamp)) => {
                     link.framer.push(&self.buf[..n]);
                     let at = Instant::now();
+                    link.read_lag = stamp
+                        .and_then(|t| SystemTime::now().duration_since(t).ok())
+                        .unwrap_or_default();
                     while let Some(line) = link.framer.next_line() {
                         match line {
                             Ok(line) => link.session.handle_line(&line, at),
@@ -674,6 +682,10 @@ impl<'a> Worker<'a> {
                 } => {
                     let us = l.as_micros().min(u64::MAX as u128) as u64;
                     self.totals.stats.latency_us.saturating_record(us);
+                    let arrived = l.saturating_sub(link.read_lag);
+                    self.totals
+                        .arrival_latency_us
+                        .saturating_record(arrived.as_micros().min(u64::MAX as u128) as u64);
                     // Sent after the ramp settled and before hashing stopped.
                     let sent = now.checked_sub(*l);
                     let steady = match (self.steady_from, sent) {
@@ -798,6 +810,68 @@ impl<'a> Worker<'a> {
 }
 
 /// Hands the session's queued lines to the kernel, keeping what it refuses for later.
+/// Asks the kernel to stamp when data reaches this socket (`SO_TIMESTAMPNS`), so that an
+/// answer's arrival can be told apart from when this busy thread got round to reading it. On a
+/// box shared with the pool under test the two differ, and only the first is the pool's doing.
+/// Best effort: without stamps, arrival is taken to be the read.
+fn enable_receive_stamps(socket: &impl std::os::fd::AsRawFd) {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and a pointer to an int of the length given.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        debug!(error = %io::Error::last_os_error(), "no receive timestamps on this socket");
+    }
+}
+
+/// `read`, plus the kernel's receive stamp of the data read, if it gave one. (For TCP the stamp
+/// is that of the last segment read, so for several answers in one read it is the latest
+/// arrival: their harness delay is, if anything, under-counted.)
+fn recv_stamped(stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
+    use std::os::fd::AsRawFd;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one timespec control message, 8-byte aligned.
+    let mut control = [0u64; 8];
+    // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: msg points at a live iovec over `buf` and at `control`, both outliving the call.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the kernel filled `msg_control` up to `msg_controllen`; the CMSG_* walk stays in
+    // it, and a SCM_TIMESTAMPNS message carries a timespec (read unaligned to be safe).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let t: libc::timespec =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                if let (Ok(secs), Ok(nanos)) = (u64::try_from(t.tv_sec), u32::try_from(t.tv_nsec)) {
+                    stamp = std::time::UNIX_EPOCH.checked_add(Duration::new(secs, nanos));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Ok((n as usize, stamp))
+}
+
 fn transmit(link: &mut Link) -> io::Result<()> {
     loop {
         let now = Instant::now();
@@ -979,6 +1053,11 @@ mod tests {
         assert_eq!(server.accepted + server.blocks, s.accepted, "{stats}");
         assert_eq!(stats.latency_us.count, s.accepted);
         assert!(stats.latency_us.p50 > 0 && stats.latency_us.max >= stats.latency_us.p99);
+        // Every answer's arrival is at or before its read, so every percentile is too.
+        let arrival = stats.arrival_latency_us.as_ref().expect("arrival latency");
+        assert_eq!(arrival.count, stats.latency_us.count);
+        assert!(arrival.p50 <= stats.latency_us.p50 && arrival.p99 <= stats.latency_us.p99);
+        assert!(arrival.max <= stats.latency_us.max);
         // The token bucket holds: 200 miners × 20 H/s × ~2 s, plus one second of burst each.
         assert!(s.hashes <= 200 * 20 * 4, "{stats}");
     }
@@ -1088,5 +1167,40 @@ mod tests {
         cfg.source_addrs = vec!["::1".parse().unwrap()];
         let err = run(&cfg, Arc::new(AtomicBool::new(false)), |_| {}).unwrap_err();
         assert!(err.to_string().contains("same family"), "{err}");
+    }
+
+    #[test]
+    fn a_read_carries_the_kernel_stamp_of_the_data_s_arrival() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tx = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (rx, _) = listener.accept().unwrap();
+        enable_receive_stamps(&rx);
+        // The first socket to ask turns the kernel's receive stamping on from a work queue,
+        // a moment later; a run's first answers may come unstamped (read time stands in).
+        thread::sleep(Duration::from_millis(200));
+        let rx = TcpStream::from_std(rx);
+        let before = SystemTime::now();
+        tx.write_all(b"{\"id\":1,\"result\":true,\"error\":null}\n")
+            .unwrap();
+        // The answer waits in the socket while the "harness" is busy elsewhere.
+        thread::sleep(Duration::from_millis(30));
+        let mut buf = [0u8; 128];
+        let (n, stamp) = recv_stamped(&rx, &mut buf).unwrap();
+        let read_at = SystemTime::now();
+        assert_eq!(&buf[..n], b"{\"id\":1,\"result\":true,\"error\":null}\n");
+        let stamp = stamp.expect("the kernel stamps what it receives");
+        assert!(stamp >= before - Duration::from_millis(1) && stamp <= read_at);
+        assert!(
+            read_at.duration_since(stamp).unwrap() >= Duration::from_millis(29),
+            "the stamp is the arrival, not the read"
+        );
+        // Without stamps asked for, a read still works and says so.
+        let listener2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tx2 = std::net::TcpStream::connect(listener2.local_addr().unwrap()).unwrap();
+        let rx2 = TcpStream::from_std(listener2.accept().unwrap().0);
+        tx2.write_all(b"x\n").unwrap();
+        thread::sleep(Duration::from_millis(5));
+        let (n, stamp) = recv_stamped(&rx2, &mut buf).unwrap();
+        assert_eq!((n, stamp), (2, None));
     }
 }

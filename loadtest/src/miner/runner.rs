@@ -308,6 +308,8 @@ pub(super) struct MinerTotals {
     pub(super) stats: SessionStats,
     /// Submit latency once every miner of the thread was up (see [`MinerStats::steady_latency_us`]).
     pub(super) steady_latency_us: Histogram<u64>,
+    /// Submit to the answer's arrival in the socket (see [`MinerStats::arrival_latency_us`]).
+    pub(super) arrival_latency_us: Histogram<u64>,
     pub(super) connects: u64,
     pub(super) connect_failures: u64,
     pub(super) disconnects: u64,
@@ -319,6 +321,7 @@ impl Default for MinerTotals {
         MinerTotals {
             stats: SessionStats::default(),
             steady_latency_us: new_latency_histogram(),
+            arrival_latency_us: new_latency_histogram(),
             connects: 0,
             connect_failures: 0,
             disconnects: 0,
@@ -330,9 +333,13 @@ impl Default for MinerTotals {
 impl MinerTotals {
     pub(super) fn merge(&mut self, t: &MinerTotals) {
         self.stats.merge(&t.stats);
-        for v in t.steady_latency_us.iter_recorded() {
-            self.steady_latency_us
-                .saturating_record_n(v.value_iterated_to(), v.count_at_value());
+        for (into, from) in [
+            (&mut self.steady_latency_us, &t.steady_latency_us),
+            (&mut self.arrival_latency_us, &t.arrival_latency_us),
+        ] {
+            for v in from.iter_recorded() {
+                into.saturating_record_n(v.value_iterated_to(), v.count_at_value());
+            }
         }
         self.connects += t.connects;
         self.connect_failures += t.connect_failures;
@@ -351,6 +358,8 @@ impl MinerTotals {
             latency_us: LatencySummary::of(&self.stats.latency_us),
             steady_latency_us: (!self.steady_latency_us.is_empty())
                 .then(|| LatencySummary::of(&self.steady_latency_us)),
+            arrival_latency_us: (!self.arrival_latency_us.is_empty())
+                .then(|| LatencySummary::of(&self.arrival_latency_us)),
             shares: self.stats.counts,
             problems: self.stats.problems,
             accepted_ids: self.stats.accepted_ids,

@@ -216,6 +216,12 @@ pub struct MinerStats {
     /// sees; `None` when the run never got there (or the runner does not measure it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steady_latency_us: Option<LatencySummary>,
+    /// `mining.submit` → the answer's arrival in the miner's socket (the kernel's receive
+    /// stamp), microseconds. `latency_us` ends when the miner's thread read the answer; on a
+    /// box shared with the pool under test the difference is the harness's own delay, which
+    /// 10,000 separate devices would not have. `None` where the runner does not measure it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_latency_us: Option<LatencySummary>,
     pub problems: Vec<String>,
     /// Identities of accepted valid shares (only when `RunConfig::record_accepted`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -293,6 +299,13 @@ impl fmt::Display for MinerStats {
             write!(
                 f,
                 "\nsteady submit latency (us, after the ramp): n={} p50={} p99={} p99.9={} max={} mean={:.0}",
+                l.count, l.p50, l.p99, l.p999, l.max, l.mean
+            )?;
+        }
+        if let Some(l) = &self.arrival_latency_us {
+            write!(
+                f,
+                "\nsubmit to the answer's arrival in the socket (us): n={} p50={} p99={} p99.9={} max={} mean={:.0}",
                 l.count, l.p50, l.p99, l.p999, l.max, l.mean
             )?;
         }

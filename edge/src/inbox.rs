@@ -27,6 +27,10 @@ use tokio::sync::Notify;
 /// How often the uplink loop looks in the inbox without being woken.
 pub const PICKUP_EVERY: Duration = Duration::from_millis(20);
 
+/// Events a drained buffer keeps room for (a pick-up at 50,000 shares/s is ~1,000). The room a
+/// backlog took (an uplink held up by a slow disk) is given back once it has been drained.
+pub const RETAINED: usize = 4096;
+
 #[derive(Debug)]
 pub struct ShareInbox {
     queue: Mutex<Vec<ShareEvent>>,
@@ -61,6 +65,9 @@ impl ShareInbox {
 
     /// Moves everything waiting, in the order it came, to the end of `into`.
     pub fn drain_into(&self, into: &mut Vec<ShareEvent>) {
+        if into.is_empty() && into.capacity() > RETAINED {
+            into.shrink_to(RETAINED);
+        }
         let mut q = self.queue.lock();
         if into.is_empty() {
             std::mem::swap(&mut *q, into);
@@ -203,11 +210,11 @@ mod tests {
             let ShareEvent::Accepted(s) = share("a", n) else {
                 unreachable!()
             };
-            ShareEvent::Block(BlockCandidate {
+            ShareEvent::Block(Box::new(BlockCandidate {
                 share: s,
                 header: [0; 80],
                 coinbase: vec![1, 2, 3],
-            })
+            }))
         };
         let upstream = |n| {
             let ShareEvent::Accepted(mut s) = share("a", n) else {
@@ -222,6 +229,27 @@ mod tests {
             assert!(inbox.take(&mut vec![share("a", 0), ev]));
             assert!(was_woken(&inbox));
         }
+    }
+
+    #[test]
+    fn the_room_a_backlog_took_is_given_back_once_drained() {
+        let inbox = ShareInbox::new(1_000_000, DELAY);
+        let mut arrived = Vec::new();
+        for round in 0..3 {
+            let mut backlog: Vec<ShareEvent> =
+                (0..3 * RETAINED as u32).map(|n| share("a", n)).collect();
+            assert!(inbox.take(&mut backlog));
+            inbox.drain_into(&mut arrived);
+            assert_eq!(arrived.len(), 3 * RETAINED, "round {round}");
+            arrived.clear();
+        }
+        // Both buffers that held the backlog come back to the retained size once empty.
+        inbox.drain_into(&mut arrived);
+        assert!(arrived.is_empty() && arrived.capacity() <= RETAINED);
+        assert!(inbox.take(&mut vec![share("a", 1)]));
+        inbox.drain_into(&mut arrived);
+        assert_eq!(arrived.len(), 1);
+        assert!(arrived.capacity() <= RETAINED);
     }
 
     #[test]

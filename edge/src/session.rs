@@ -762,11 +762,11 @@ impl Session {
             spool_ref: None,
         };
         if v.is_block {
-            events.push(ShareEvent::Block(BlockCandidate {
+            events.push(ShareEvent::Block(Box::new(BlockCandidate {
                 header: v.header.to_bytes(),
                 coinbase: entry.job.coinbase(&self.extranonce1, &s.extranonce2),
                 share: record,
-            }));
+            })));
         } else {
             events.push(ShareEvent::Accepted(record));
         }

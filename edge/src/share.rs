@@ -59,7 +59,9 @@ pub struct BlockCandidate {
 #[derive(Clone, Debug, PartialEq)]
 pub enum ShareEvent {
     Accepted(ShareRecord),
-    Block(BlockCandidate),
+    /// Boxed: blocks are rare, and every queued share would otherwise be as big as one (240
+    /// bytes instead of 136).
+    Block(Box<BlockCandidate>),
 }
 
 /// Where the Stratum server's connector threads hand their accepted shares: one call per loop

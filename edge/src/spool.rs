@@ -622,11 +622,11 @@ pub fn decode_event(mut b: &[u8]) -> Result<ShareEvent, String> {
             .map_err(|_| "header".to_string())?;
         let n = get_u32(b, "coinbase length")? as usize;
         let coinbase = take(b, n, "coinbase")?.to_vec();
-        Ok(ShareEvent::Block(BlockCandidate {
+        Ok(ShareEvent::Block(Box::new(BlockCandidate {
             share,
             header,
             coinbase,
-        }))
+        })))
     } else {
         Ok(ShareEvent::Accepted(share))
     }
@@ -665,11 +665,11 @@ mod tests {
     fn lane_records_round_trip_shares_and_blocks() {
         let evs = [
             ShareEvent::Accepted(share(1)),
-            ShareEvent::Block(BlockCandidate {
+            ShareEvent::Block(Box::new(BlockCandidate {
                 share: share(2),
                 header: [7; 80],
                 coinbase: vec![1, 2, 3],
-            }),
+            })),
         ];
         for ev in evs {
             let mut b = BytesMut::new();

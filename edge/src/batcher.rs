@@ -39,12 +39,11 @@ enum Entry {
 
 #[derive(Debug)]
 pub struct Batcher {
-    /// Entries with when each was pushed, so that what a full batch leaves behind is aged from
-    /// its own first entry.
+    /// Entries with when each was pushed: the batch is as old as its first entry, and what a
+    /// full batch leaves behind is aged from its own first entry.
     pending: Vec<(Instant, Entry)>,
     /// Shares (not covered entries) in `pending`.
     shares: usize,
-    oldest: Option<Instant>,
     /// A pending share is for the upstream pool: the batch is due now.
     urgent: bool,
     pub max_shares: usize,
@@ -56,7 +55,6 @@ impl Batcher {
         Batcher {
             pending: Vec::new(),
             shares: 0,
-            oldest: None,
             urgent: false,
             max_shares: max_shares.max(1),
             max_delay,
@@ -73,9 +71,6 @@ impl Batcher {
     }
 
     pub fn push(&mut self, share: PendingShare, now: Instant) {
-        if self.pending.is_empty() {
-            self.oldest = Some(now);
-        }
         self.urgent |= share.data.meets_upstream;
         self.pending.push((now, Entry::Share(share)));
         self.shares += 1;
@@ -83,18 +78,16 @@ impl Batcher {
 
     /// A lane record the core must never see: the marks of the batch it falls in move past it.
     pub fn push_covered(&mut self, spool_ref: (u16, u64), now: Instant) {
-        if self.pending.is_empty() {
-            self.oldest = Some(now);
-        }
         self.pending.push((now, Entry::Covered(spool_ref)));
     }
 
     /// When the current batch must leave at the latest.
     pub fn deadline(&self) -> Option<Instant> {
+        let oldest = self.pending.first().map(|(at, _)| *at);
         if self.urgent {
-            return self.oldest;
+            return oldest;
         }
-        self.oldest.map(|t| t + self.max_delay)
+        oldest.map(|t| t + self.max_delay)
     }
 
     /// A full or aged batch, if one is due.
@@ -134,10 +127,9 @@ impl Batcher {
             .pending
             .iter()
             .any(|(_, e)| matches!(e, Entry::Share(p) if p.data.meets_upstream));
-        // The remainder is aged from its own first entry. (Aging it from the taken batch's
-        // first share sent it at once as a small batch of its own whenever shares arrive in
+        // The remainder is now aged from its own first entry. (Aging it from the taken batch's
+        // first share sent it at once as a small batch of its own whenever shares arrived in
         // clumps: full batch, tiny batch, full batch...)
-        self.oldest = self.pending.first().map(|(at, _)| *at);
         let mut marks: BTreeMap<u16, u64> = BTreeMap::new();
         let mut shares = Vec::with_capacity(taken.len());
         for (_, e) in taken {

@@ -25,7 +25,7 @@ use crate::fallback::{is_fallback_job, BackupWork, Fallback, FallbackAction, Fal
 use crate::inbox::{ShareInbox, PICKUP_EVERY};
 use crate::jobs::JobEntry;
 use crate::server::ServerHandle;
-use crate::share::{ShareEvent, ShareSink};
+use crate::share::ShareEvent;
 use crate::spool::{unix_ms, write_atomic, BatchSpool, SpooledBatch};
 use bytes::{Bytes, BytesMut};
 use relay::pow::PowAlgorithm;
@@ -201,22 +201,11 @@ pub struct Uplink {
     /// The backup connection's events, until `run` bridges them into its loop.
     backup_rx: Option<crossbeam_channel::Receiver<(usize, ConnEvent)>>,
     /// Accepted shares from the connectors. Made with the uplink, so the Stratum server can be
-    /// given its [`UplinkShareSink`] before the loop runs.
+    /// given it (as its [`crate::share::ShareSink`]) before the loop runs.
     inbox: Arc<ShareInbox>,
     /// The loop's other events.
     tx: mpsc::UnboundedSender<Event>,
     rx: Option<mpsc::UnboundedReceiver<Event>>,
-}
-
-/// The Stratum server's way into the uplink loop: each connector turn's shares go straight into
-/// its [`ShareInbox`], which wakes the loop only for what cannot wait for its tick.
-#[derive(Clone)]
-pub struct UplinkShareSink(Arc<ShareInbox>);
-
-impl ShareSink for UplinkShareSink {
-    fn take(&self, events: &mut Vec<ShareEvent>) -> bool {
-        self.0.take(events)
-    }
 }
 
 impl Uplink {
@@ -273,9 +262,11 @@ impl Uplink {
         }
     }
 
-    /// Where the Stratum server hands accepted shares to this uplink.
-    pub fn share_sink(&self) -> UplinkShareSink {
-        UplinkShareSink(self.inbox.clone())
+    /// Where the Stratum server hands accepted shares to this uplink: each connector turn's
+    /// shares go straight into the loop's [`ShareInbox`], which wakes it only for what cannot
+    /// wait for its tick.
+    pub fn share_sink(&self) -> Arc<ShareInbox> {
+        self.inbox.clone()
     }
 
     /// Runs until `stop` is set: spawn on its own thread.

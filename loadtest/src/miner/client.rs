@@ -18,7 +18,7 @@
 //! Difficulty, extranonce1 and extranonce2 size are recorded with each job when it arrives:
 //! `mining.set_difficulty` and `mining.set_extranonce` apply to jobs received after them.
 
-use super::stats::SessionStats;
+use super::stats::{micros, SessionStats};
 use hdrhistogram::Histogram;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -887,9 +887,7 @@ impl MinerSession {
             PendingKind::Submit(share) => {
                 let latency = now.saturating_duration_since(sent_at);
                 if self.config.latency_histogram {
-                    self.stats
-                        .latency_us
-                        .saturating_record(latency.as_micros().min(u64::MAX as u128) as u64);
+                    self.stats.latency_us.saturating_record(micros(latency));
                 }
                 self.on_submit_answer(id, share, r, latency);
             }

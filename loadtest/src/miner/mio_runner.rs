@@ -25,7 +25,7 @@ use super::client::{Event, MinerSession, SessionConfig, SessionState};
 use super::runner::{
     log_event, End, Live, MinerTotals, Progress, Published, RunConfig, RunError, LATENCY_FLUSH,
 };
-use super::stats::{new_latency_histogram, MinerStats};
+use super::stats::{micros, new_latency_histogram, MinerStats};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -168,22 +168,43 @@ pub fn connect_nonblocking(to: SocketAddr, from: Option<IpAddr>) -> io::Result<T
 /// ports.
 fn bind_address_no_port(socket: &Socket) {
     #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
-        unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    let _ = set_socket_flag(socket, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT);
     #[cfg(not(target_os = "linux"))]
     let _ = socket;
+}
+
+/// Asks the kernel to stamp when data reaches this socket (`SO_TIMESTAMPNS`), so that an
+/// answer's arrival can be told apart from when this busy thread got round to reading it. On a
+/// box shared with the pool under test the two differ, and only the first is the pool's doing.
+/// Best effort: without stamps, arrival is taken to be the read.
+fn enable_receive_stamps(socket: &impl std::os::fd::AsRawFd) {
+    if let Err(e) = set_socket_flag(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS) {
+        debug!(error = %e, "no receive timestamps on this socket");
+    }
+}
+
+/// Turns on an int-valued socket option (`setsockopt` to 1).
+fn set_socket_flag(
+    socket: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a socket descriptor the caller holds, and a pointer to a live c_int and its size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Where one miner's connection is.
@@ -680,12 +701,11 @@ impl<'a> Worker<'a> {
                 Event::ShareAnswered {
                     latency: Some(l), ..
                 } => {
-                    let us = l.as_micros().min(u64::MAX as u128) as u64;
+                    let us = micros(*l);
                     self.totals.stats.latency_us.saturating_record(us);
-                    let arrived = l.saturating_sub(link.read_lag);
                     self.totals
                         .arrival_latency_us
-                        .saturating_record(arrived.as_micros().min(u64::MAX as u128) as u64);
+                        .saturating_record(micros(l.saturating_sub(link.read_lag)));
                     // Sent after the ramp settled and before hashing stopped.
                     let sent = now.checked_sub(*l);
                     let steady = match (self.steady_from, sent) {
@@ -809,28 +829,6 @@ impl<'a> Worker<'a> {
     }
 }
 
-/// Hands the session's queued lines to the kernel, keeping what it refuses for later.
-/// Asks the kernel to stamp when data reaches this socket (`SO_TIMESTAMPNS`), so that an
-/// answer's arrival can be told apart from when this busy thread got round to reading it. On a
-/// box shared with the pool under test the two differ, and only the first is the pool's doing.
-/// Best effort: without stamps, arrival is taken to be the read.
-fn enable_receive_stamps(socket: &impl std::os::fd::AsRawFd) {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket descriptor, and a pointer to an int of the length given.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        debug!(error = %io::Error::last_os_error(), "no receive timestamps on this socket");
-    }
-}
-
 /// `read`, plus the kernel's receive stamp of the data read, if it gave one. (For TCP the stamp
 /// is that of the last segment read, so for several answers in one read it is the latest
 /// arrival: their harness delay is, if anything, under-counted.)
@@ -872,6 +870,7 @@ fn recv_stamped(stream: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option
     Ok((n as usize, stamp))
 }
 
+/// Hands the session's queued lines to the kernel, keeping what it refuses for later.
 fn transmit(link: &mut Link) -> io::Result<()> {
     loop {
         let now = Instant::now();

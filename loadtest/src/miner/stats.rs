@@ -16,6 +16,11 @@ const MAX_LATENCY_US: u64 = 3_600_000_000;
 /// Problems kept verbatim for the report (the counters keep counting past this).
 pub const MAX_PROBLEMS: usize = 32;
 
+/// A duration in whole microseconds, as the latency histograms record it (saturating).
+pub fn micros(d: std::time::Duration) -> u64 {
+    d.as_micros().min(u64::MAX as u128) as u64
+}
+
 /// A new latency histogram: microseconds, 3 significant digits.
 pub fn new_latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)

@@ -120,24 +120,14 @@ impl ShareSink for Arc<ShareInbox> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::share::{BlockCandidate, ShareRecord};
-    use relay::work::{Difficulty, Extranonce, JobId};
-    use std::time::{Duration, SystemTime};
+    use crate::share::{sample_record, BlockCandidate, ShareRecord};
+    use relay::work::JobId;
+    use std::time::Duration;
 
     fn share(job: &str, n: u32) -> ShareEvent {
         ShareEvent::Accepted(ShareRecord {
-            worker: "acct.rig".into(),
             job_id: JobId::new(job),
-            extranonce1: Extranonce::from_hex("01020304").unwrap(),
-            extranonce2: Extranonce::from_hex("00000001").unwrap(),
-            ntime: 1,
-            nonce: n,
-            version: 0x2000_0000,
-            difficulty: Difficulty::new(1.0).unwrap(),
-            achieved: 1.0,
-            received_at: SystemTime::UNIX_EPOCH,
-            meets_upstream: false,
-            spool_ref: Some((0, n as u64)),
+            ..sample_record(n)
         })
     }
 

@@ -81,3 +81,22 @@ impl ShareSink for crossbeam_channel::Sender<ShareEvent> {
         events.drain(..).all(|ev| self.send(ev).is_ok())
     }
 }
+
+/// A share record for tests, told apart by its nonce.
+#[cfg(test)]
+pub(crate) fn sample_record(nonce: u32) -> ShareRecord {
+    ShareRecord {
+        worker: "acct.rig1".into(),
+        job_id: JobId::new("1a"),
+        extranonce1: Extranonce::from_hex("00010002").unwrap(),
+        extranonce2: Extranonce::from_hex("0000000a").unwrap(),
+        ntime: 1_700_000_000,
+        nonce,
+        version: 0x2000_0000,
+        difficulty: Difficulty::new(0.5).unwrap(),
+        achieved: 3.25,
+        received_at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123),
+        meets_upstream: false,
+        spool_ref: None,
+    }
+}

@@ -636,22 +636,7 @@ pub fn decode_event(mut b: &[u8]) -> Result<ShareEvent, String> {
 mod tests {
     use super::*;
 
-    fn share(n: u32) -> ShareRecord {
-        ShareRecord {
-            worker: "acct.rig1".into(),
-            job_id: JobId::new("1a"),
-            extranonce1: Extranonce::from_hex("00010002").unwrap(),
-            extranonce2: Extranonce::from_hex("0000000a").unwrap(),
-            ntime: 1_700_000_000,
-            nonce: n,
-            version: 0x2000_0000,
-            difficulty: Difficulty::new(0.5).unwrap(),
-            achieved: 3.25,
-            received_at: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            meets_upstream: false,
-            spool_ref: None,
-        }
-    }
+    use crate::share::sample_record as share;
 
     fn cfg() -> SegLogConfig {
         SegLogConfig {

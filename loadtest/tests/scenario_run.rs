@@ -45,6 +45,7 @@ fn run_tiny(baseline: bool) {
     assert_eq!(r.lost, 0, "{:?}", r.problems);
     assert_eq!(r.double_credited, 0, "{:?}", r.problems);
     assert_eq!(r.core_credited, r.shares_accepted);
+    assert_eq!(r.credited_unacknowledged, 0, "{:?}", r.problems);
     assert!(r.throughput.iter().any(|s| s.blackout));
     for f in ["report.json", "summary.txt", "throughput.svg"] {
         assert!(dir.join(f).is_file(), "{f} missing");
@@ -60,4 +61,38 @@ fn tiny_scenario_through_a_blackout_loses_and_doubles_nothing() {
 #[test]
 fn tiny_baseline_scenario_loses_and_doubles_nothing() {
     run_tiny(true);
+}
+
+const SHORT: &str = r#"
+name = "short"
+duration_secs = 2
+settle_secs = 30
+
+[miners]
+count = 10
+shares_per_sec = 100
+"#;
+
+/// A second run into the same directory must not inherit the first run's journal or spool:
+/// the core would count the first run's credits against the second run's miners.
+#[test]
+fn a_rerun_into_the_same_directory_counts_only_its_own_shares() {
+    let dir = fresh_dir("quarry-it-scenario-rerun");
+    let s = Scenario::parse(SHORT).expect("scenario");
+    let opts = RunOptions {
+        out: dir.clone(),
+        ..RunOptions::default()
+    };
+    for round in 0..2 {
+        let r = run(&s, &opts, Arc::new(AtomicBool::new(false)), |l| {
+            eprintln!("{l}")
+        })
+        .expect("scenario run");
+        assert!(r.shares_accepted > 0, "round {round}: no shares accepted");
+        assert!(r.settled, "round {round}: {:?}", r.problems);
+        assert_eq!(r.core_credited, r.shares_accepted, "round {round}");
+        assert_eq!(r.credited_unacknowledged, 0, "round {round}");
+        assert_eq!(r.double_credited, 0, "round {round}");
+    }
+    remove_dir(&dir);
 }

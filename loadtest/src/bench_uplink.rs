@@ -85,6 +85,7 @@ impl UplinkRig {
     pub fn start(opts: &RigOptions) -> anyhow::Result<UplinkRig> {
         let dir = &opts.dir;
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::process::clear_run_state(dir, &["journal", "spool", "blocks.jsonl"])?;
         let pki = dir.join("pki");
         crate::synthetic_core::ensure_pki(&pki)?;
         let gateway: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;

@@ -29,6 +29,26 @@ pub fn find_binary(name: &str) -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Removes what an earlier run left in `dir` under `names` (folders or files), so a rerun into
+/// the same folder starts from nothing: a core would count the old journal's credits, an edge
+/// would replay the old spool, and an appended log would mix two runs.
+pub fn clear_run_state(dir: &Path, names: &[&str]) -> anyhow::Result<()> {
+    for name in names {
+        let path = dir.join(name);
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        match removed {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("clearing {}", path.display())),
+        }
+    }
+    Ok(())
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; fine for tests on one machine).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -181,5 +201,19 @@ mod tests {
         assert_eq!(metric_sum(body, "quarry_a"), 5.5);
         assert_eq!(metric_sum(body, "quarry_ab"), 7.0);
         assert_eq!(metric_sum(body, "missing"), 0.0);
+    }
+
+    #[test]
+    fn clearing_run_state_removes_folders_and_files_and_keeps_the_rest() {
+        let dir = crate::stack::fresh_dir("quarry-clear-run-state");
+        std::fs::create_dir_all(dir.join("journal/seg")).expect("journal");
+        std::fs::write(dir.join("journal/seg/0"), b"old").expect("segment");
+        std::fs::write(dir.join("blocks.jsonl"), b"{}\n").expect("log");
+        std::fs::create_dir_all(dir.join("pki")).expect("pki");
+        clear_run_state(&dir, &["journal", "blocks.jsonl", "spool"]).expect("clear");
+        assert!(!dir.join("journal").exists());
+        assert!(!dir.join("blocks.jsonl").exists());
+        assert!(dir.join("pki").is_dir());
+        crate::stack::remove_dir(&dir);
     }
 }

@@ -359,16 +359,7 @@ struct Rig {
 impl Rig {
     fn start(s: &Scenario, dir: &Path) -> anyhow::Result<Rig> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        // A rerun into the same directory starts from nothing: the last run's journal would
-        // count its credits against this run's miners, and its spool would be replayed.
-        for stale in ["journal", "spool"] {
-            let path = dir.join(stale);
-            match std::fs::remove_dir_all(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("clearing {}", path.display())),
-            }
-        }
+        crate::process::clear_run_state(dir, &["journal", "spool"])?;
         let pki = dir.join("pki");
         crate::synthetic_core::ensure_pki(&pki)?;
         let gateway: SocketAddr = format!("127.0.0.1:{}", free_udp_port()?).parse()?;

@@ -7,10 +7,14 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use relay::pow::PowAlgorithm;
-use relay::stratum::{ClientRequest, Request, RequestId, ServerMessage, ServerNotification};
+use relay::stratum::{
+    ClientRequest, LineFramer, Request, RequestId, ServerMessage, ServerNotification,
+    DEFAULT_MAX_LINE,
+};
 use relay::work::{CompactTarget, Difficulty, Extranonce, Job, JobId, PrevHash, ShareWork, Target};
 use relay::{sha256d, Hash256};
 use sha2::{Digest, Sha256};
+use std::ops::ControlFlow;
 
 /// A submit as an ASIC with version rolling sends it: long worker name, 6 params.
 const SUBMIT_LINE: &[u8] = br#"{"params": ["bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq.antminer-s19-rack07", "1f3a9c", "0000a1b2", "6650d2f1", "a1b2c3d4", "00a2e000"], "id": 184467, "method": "mining.submit"}"#;
@@ -86,6 +90,41 @@ fn bench_parse(c: &mut Criterion) {
     g.finish();
 }
 
+/// Framing one read that holds one whole submit line, as nearly every read on the edge does:
+/// through the framer's buffer (`push` + `next_line`), and lent straight from the read (`feed`).
+fn bench_framing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("framing");
+    g.throughput(Throughput::Elements(1));
+    let mut read = SUBMIT_LINE.to_vec();
+    read.push(b'\n');
+    let mut framer = LineFramer::new(DEFAULT_MAX_LINE);
+    g.bench_function("submit_push_next_line", |b| {
+        b.iter(|| {
+            framer.push(black_box(&read));
+            let mut bytes = 0;
+            while let Some(Ok(line)) = framer.next_line() {
+                bytes += black_box(&line[..]).len();
+            }
+            framer.shrink_if_empty();
+            bytes
+        })
+    });
+    g.bench_function("submit_feed", |b| {
+        b.iter(|| {
+            let mut bytes = 0;
+            let _ = framer.feed(black_box(&read), |line| {
+                if let Ok(line) = line {
+                    bytes += black_box(line).len();
+                }
+                ControlFlow::Continue(())
+            });
+            framer.shrink_if_empty();
+            bytes
+        })
+    });
+    g.finish();
+}
+
 /// One share, end to end after parsing: header rebuild (coinbase midstate, merkle fold), PoW hash,
 /// target comparison. The nonce changes every iteration so no step can be hoisted.
 fn validate(job: &Job, work: &mut ShareWork, algo: PowAlgorithm, target: &Target) -> bool {
@@ -151,5 +190,11 @@ fn bench_baseline(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_parse, bench_share, bench_baseline);
+criterion_group!(
+    benches,
+    bench_parse,
+    bench_framing,
+    bench_share,
+    bench_baseline
+);
 criterion_main!(benches);

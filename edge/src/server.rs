@@ -20,6 +20,7 @@ use relay::work::{Extranonce, ExtranonceLayout};
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -856,28 +857,36 @@ impl Connector {
                         break;
                     }
                     Ok(n) => {
-                        c.framer.push(&buf[..n]);
                         let started = Instant::now();
                         let wall = SystemTime::now();
-                        while let Some(line) = c.framer.next_line() {
+                        let Conn {
+                            framer,
+                            session,
+                            out,
+                            peer,
+                            ..
+                        } = c;
+                        let _ = framer.feed(&buf[..n], |line| {
                             match line {
-                                Ok(line) => c.session.handle_line(
-                                    &line,
+                                Ok(line) => session.handle_line(
+                                    line,
                                     &self.book,
                                     started,
                                     wall,
-                                    &mut c.out,
+                                    out,
                                     &mut self.events,
                                 ),
                                 Err(e) => {
-                                    tracing::warn!(peer = %c.peer, error = %e, "oversized line dropped");
-                                    c.session.on_frame_error(&e, &mut c.out);
+                                    tracing::warn!(peer = %peer, error = %e, "oversized line dropped");
+                                    session.on_frame_error(&e, out);
                                 }
                             }
-                            if c.session.close_reason().is_some() {
-                                break;
+                            if session.close_reason().is_some() {
+                                ControlFlow::Break(())
+                            } else {
+                                ControlFlow::Continue(())
                             }
-                        }
+                        });
                         if c.session.close_reason().is_some() || (n < buf.len() && !drain) {
                             break;
                         }

@@ -35,6 +35,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, ErrorKind, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -593,17 +594,18 @@ impl<'a> Worker<'a> {
             match recv_stamped(&link.stream, &mut self.buf) {
                 Ok((0, _)) => break Some(End::Lost("closed by the pool".into())),
                 Ok((n, stamp)) => {
-                    link.framer.push(&self.buf[..n]);
                     let at = Instant::now();
                     link.read_lag = stamp
                         .and_then(|t| SystemTime::now().duration_since(t).ok())
                         .unwrap_or_default();
-                    while let Some(line) = link.framer.next_line() {
+                    let session = &mut link.session;
+                    let _ = link.framer.feed(&self.buf[..n], |line| {
                         match line {
-                            Ok(line) => link.session.handle_line(&line, at),
-                            Err(e) => link.session.note_protocol_error(format!("framing: {e}")),
+                            Ok(line) => session.handle_line(line, at),
+                            Err(e) => session.note_protocol_error(format!("framing: {e}")),
                         }
-                    }
+                        ControlFlow::Continue(())
+                    });
                     if n < self.buf.len() && !drain {
                         break None;
                     }

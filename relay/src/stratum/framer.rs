@@ -5,8 +5,13 @@
 //! one byte at a time is scanned once, not once per byte. A line longer than the limit is an
 //! error; the framer then discards up to the next newline so one bad line costs one error, not
 //! the connection's sync.
+//!
+//! [`LineFramer::feed`] is the hot path: a read almost always holds whole lines (one submit, one
+//! answer), and those are handed out as slices of the read buffer itself. Only an unfinished
+//! tail is copied and kept, so the common case allocates and copies nothing.
 
 use bytes::{Buf, BytesMut};
+use std::ops::ControlFlow;
 
 /// Longest line accepted by default. A mining.notify with a 12-level branch and a large coinbase
 /// is under 2 KiB; anything near 16 KiB from a miner is garbage or hostile.
@@ -37,6 +42,68 @@ impl LineFramer {
             max_line,
             discarding: false,
         }
+    }
+
+    /// Hands `on_line` each line completed by `data`, as [`LineFramer::push`] followed by
+    /// [`LineFramer::next_line`] until `None` would, but lines that lie whole in `data` are lent
+    /// straight from it. When `on_line` breaks, the bytes after that line stay buffered.
+    pub fn feed(
+        &mut self,
+        data: &[u8],
+        mut on_line: impl FnMut(Result<&[u8], FrameError>) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        let mut rest = data;
+        if !self.buf.is_empty() || self.discarding {
+            // Finish the buffered line (or the discarded one) the slow way.
+            let Some(nl) = memchr::memchr(b'\n', rest) else {
+                self.push(rest);
+                return self.drain_into(&mut on_line);
+            };
+            self.push(&rest[..=nl]);
+            rest = &rest[nl + 1..];
+            if self.drain_into(&mut on_line).is_break() {
+                self.push(rest);
+                return ControlFlow::Break(());
+            }
+        }
+        while let Some(nl) = memchr::memchr(b'\n', rest) {
+            let raw = &rest[..nl];
+            rest = &rest[nl + 1..];
+            let line = raw.strip_suffix(b"\r").unwrap_or(raw);
+            let item = if line.len() > self.max_line {
+                Err(FrameError::LineTooLong {
+                    max: self.max_line,
+                    seen: line.len(),
+                })
+            } else if line.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            } else {
+                Ok(line)
+            };
+            if on_line(item).is_break() {
+                self.push(rest);
+                return ControlFlow::Break(());
+            }
+        }
+        if rest.is_empty() {
+            return ControlFlow::Continue(());
+        }
+        // An unfinished tail: kept, and refused here already if it is too long.
+        self.push(rest);
+        self.drain_into(&mut on_line)
+    }
+
+    fn drain_into(
+        &mut self,
+        on_line: &mut impl FnMut(Result<&[u8], FrameError>) -> ControlFlow<()>,
+    ) -> ControlFlow<()> {
+        while let Some(item) = self.next_line() {
+            match item {
+                Ok(line) => on_line(Ok(&line))?,
+                Err(e) => on_line(Err(e))?,
+            }
+        }
+        ControlFlow::Continue(())
     }
 
     /// Appends received bytes.
@@ -118,7 +185,7 @@ impl LineFramer {
 
 #[inline]
 fn memchr_newline(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    memchr::memchr(b'\n', b)
 }
 
 #[cfg(test)]
@@ -180,7 +247,87 @@ mod tests {
         assert_eq!(f.next_line().unwrap().unwrap().len(), 100_000);
     }
 
+    fn feed_all(f: &mut LineFramer, data: &[u8]) -> Vec<Result<Vec<u8>, FrameError>> {
+        let mut out = vec![];
+        let flow = f.feed(data, |r| {
+            out.push(r.map(<[u8]>::to_vec));
+            ControlFlow::Continue(())
+        });
+        assert!(flow.is_continue());
+        out
+    }
+
+    #[test]
+    fn feed_lends_whole_lines_and_keeps_the_tail() {
+        let mut f = LineFramer::new(100);
+        assert_eq!(
+            feed_all(&mut f, b"a\r\nb\n\n  \r\nc"),
+            vec![Ok(b"a".to_vec()), Ok(b"b".to_vec())]
+        );
+        assert_eq!(f.buffered(), 1);
+        assert_eq!(
+            feed_all(&mut f, b"d\ne\n"),
+            vec![Ok(b"cd".to_vec()), Ok(b"e".to_vec())]
+        );
+        assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn a_break_leaves_the_following_lines_buffered() {
+        let mut f = LineFramer::new(100);
+        let mut seen = vec![];
+        let flow = f.feed(b"one\ntwo\nthr", |r| {
+            seen.push(r.map(<[u8]>::to_vec));
+            ControlFlow::Break(())
+        });
+        assert!(flow.is_break());
+        assert_eq!(seen, vec![Ok(b"one".to_vec())]);
+        f.push(b"ee\n");
+        assert_eq!(
+            drain(&mut f),
+            vec![Ok(b"two".to_vec()), Ok(b"three".to_vec())]
+        );
+    }
+
+    #[test]
+    fn feed_refuses_an_oversized_tail_at_once_and_resyncs() {
+        let mut f = LineFramer::new(4);
+        assert_eq!(
+            feed_all(&mut f, b"ok\n123456"),
+            vec![
+                Ok(b"ok".to_vec()),
+                Err(FrameError::LineTooLong { max: 4, seen: 6 })
+            ]
+        );
+        assert_eq!(feed_all(&mut f, b"789\nxy\n"), vec![Ok(b"xy".to_vec())]);
+    }
+
     proptest! {
+        /// `feed` and `push` + `next_line` agree on any byte stream cut anywhere, oversized
+        /// lines, CRs and blank lines included.
+        #[test]
+        fn feed_agrees_with_push_and_next_line(
+            stream in proptest::collection::vec(prop_oneof![
+                Just(b'a'), Just(b'b'), Just(b' '), Just(b'\r'), Just(b'\n')
+            ], 0..300),
+            cuts in proptest::collection::vec(0usize..300, 0..20),
+            max in 1usize..12,
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.sort();
+            let (mut fed, mut pushed) = (LineFramer::new(max), LineFramer::new(max));
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let mut prev = 0;
+            for c in cuts.into_iter().chain(std::iter::once(stream.len())) {
+                a.extend(feed_all(&mut fed, &stream[prev..c]));
+                pushed.push(&stream[prev..c]);
+                b.extend(drain(&mut pushed));
+                prev = c;
+            }
+            prop_assert_eq!(a, b);
+            prop_assert_eq!(fed.buffered(), pushed.buffered());
+        }
+
         #[test]
         fn any_split_of_the_stream_yields_the_same_lines(
             lines in proptest::collection::vec("[a-z0-9{}\":,\\[\\] ]{1,40}", 1..20),

@@ -877,7 +877,7 @@ pub fn run(
         }
     });
     rig.set_blackout(false);
-    let hostile_report = hostile.map(HostileClients::finish);
+    let mut hostile_report = hostile.map(HostileClients::finish);
     if let Some(e) = failure {
         return Err(e.context("a process of the stack died during the run"));
     }
@@ -915,6 +915,10 @@ pub fn run(
     rig.edge.stop(Duration::from_secs(10));
     rig.core.stop(Duration::from_secs(10));
     let credited = rig.credited_shares()?;
+    // The flood miners' valid shares are credited like anyone's.
+    if let Some(flood) = hostile_report.as_mut().and_then(|h| h.flood.as_mut()) {
+        stats.accepted_ids.append(&mut flood.accepted_ids);
+    }
     let credit = compare(&stats.accepted_ids, &credited);
     for m in credit.missing.iter().take(5) {
         problems.push(format!("lost: {m}"));

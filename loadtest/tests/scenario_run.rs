@@ -96,3 +96,52 @@ fn a_rerun_into_the_same_directory_counts_only_its_own_shares() {
     }
     remove_dir(&dir);
 }
+
+const SMALL_HOSTILE: &str = r#"
+name = "small-hostile"
+duration_secs = 4
+settle_secs = 30
+
+[miners]
+count = 20
+shares_per_sec = 200
+
+[edge]
+handshake_timeout_secs = 2
+ban_after_invalid = 20
+
+[hostile]
+malformed = 2
+oversized = 2
+slowloris = 2
+invalid_flood = 4
+invalid_flood_rate = 400
+"#;
+
+/// Hostile clients around honest miners: the honest ones get only the answers they expect, the
+/// flood is rejected, and every share the edge accepted, the flood's valid hits included, is
+/// credited exactly once.
+#[test]
+fn hostile_clients_cost_honest_miners_nothing_and_every_accepted_share_is_credited_once() {
+    let dir = fresh_dir("quarry-it-scenario-hostile");
+    let s = Scenario::parse(SMALL_HOSTILE).expect("scenario");
+    let opts = RunOptions {
+        out: dir.clone(),
+        ..RunOptions::default()
+    };
+    let r = run(&s, &opts, Arc::new(AtomicBool::new(false)), |l| {
+        eprintln!("{l}")
+    })
+    .expect("scenario run");
+    assert!(r.shares_accepted > 0, "no shares accepted");
+    assert_eq!(r.unexpected_rejects, 0, "{:?}", r.problems);
+    assert!(r.settled, "{:?}", r.problems);
+    let hostile = r.hostile.as_ref().expect("hostile report");
+    let flood = hostile.flood.as_ref().expect("flood stats");
+    assert!(flood.shares.rejected > 0, "the flood was not rejected");
+    assert!(hostile.lines_sent > 0 && hostile.closed_by_edge > 0);
+    assert_eq!(r.lost, 0, "{:?}", r.problems);
+    assert_eq!(r.double_credited, 0, "{:?}", r.problems);
+    assert_eq!(r.credited_unacknowledged, 0, "{:?}", r.problems);
+    remove_dir(&dir);
+}

@@ -10,6 +10,7 @@ pub mod bench_stratum;
 pub mod bench_uplink;
 pub mod cli;
 pub mod exactly_once;
+pub mod host_speed;
 pub mod hostile;
 pub mod impair;
 pub mod miner;

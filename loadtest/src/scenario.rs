@@ -28,6 +28,7 @@
 use crate::bench_stratum::{machine, Machine};
 use crate::bench_uplink::{accepted_shares, free_udp_port, CHEAP_DIFFICULTY};
 use crate::exactly_once::compare;
+use crate::host_speed::HostSpeed;
 use crate::hostile::{HostileClients, HostileReport, HostileSpec};
 use crate::impair::{Impairment, UdpProxy};
 use crate::miner::stats::new_latency_histogram;
@@ -622,6 +623,8 @@ pub struct ScenarioReport {
     pub description: String,
     pub baseline: bool,
     pub machine: Machine,
+    /// The host's speed just before the run (loopback round trip, hash rate).
+    pub host_speed: Option<HostSpeed>,
     pub started_unix_secs: u64,
     pub elapsed_secs: f64,
     pub miners: usize,
@@ -729,6 +732,17 @@ pub fn run(
     let started_unix_secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    // Before anything of the run competes for the CPUs.
+    let host_speed = match crate::host_speed::measure() {
+        Ok(h) => {
+            say(&format!("host speed: {h}"));
+            Some(h)
+        }
+        Err(e) => {
+            say(&format!("host speed not measured: {e}"));
+            None
+        }
+    };
     let mut rig = Rig::start(&s, &opts.out.join("rig"))?;
     say(&format!(
         "{}: core up, edge {} connected{}; {} miners → {} for {} s",
@@ -938,6 +952,7 @@ pub fn run(
         description: s.description.clone(),
         baseline: s.baseline,
         machine: machine(),
+        host_speed,
         started_unix_secs,
         elapsed_secs,
         miners,
@@ -1229,6 +1244,9 @@ pub fn summary(r: &ScenarioReport) -> String {
         "machine: {} cores; run {:.1} s, {} miners (peak {} connected)",
         r.machine.nproc, r.elapsed_secs, r.miners, r.peak_connected
     );
+    if let Some(h) = &r.host_speed {
+        let _ = writeln!(o, "host speed before the run: {h}");
+    }
     let _ = writeln!(
         o,
         "link: delay {} ms, jitter {} ms, loss {}, bandwidth {} B/s, blackouts {:?}",

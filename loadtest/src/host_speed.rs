@@ -1,0 +1,175 @@
+//! How fast this host is right now, measured just before a run.
+//!
+//! On a shared machine the same binaries can need a third more CPU per share from one hour to the
+//! next, mostly in the kernel's loopback TCP path, which a CPU model name does not show. Every
+//! scenario report therefore carries two small figures taken before the stack starts: the round
+//! trip of a short line over one loopback TCP connection between two threads (the kernel path
+//! and the wake-ups every share takes), once with both threads on one CPU and once across two,
+//! and the sha256d rate of one core (plain compute). Runs are comparable when these agree.
+
+use serde::Serialize;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Round trips timed on the loopback connection (after [`WARM_UP`]).
+const ROUND_TRIPS: usize = 4_000;
+const WARM_UP: usize = 200;
+/// How long the hash rate is measured.
+const HASHING: Duration = Duration::from_millis(200);
+/// A line the size of a `mining.submit`.
+const LINE: &[u8] = &[b'x'; 160];
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HostSpeed {
+    /// Round trip of a 160-byte line over loopback TCP between two threads on the same CPU: the
+    /// kernel's TCP path (µs, median and 99th percentile).
+    pub same_cpu_round_trip: Percentiles,
+    /// The same between threads on two CPUs: adds a cross-CPU wake-up each way, which a
+    /// virtual machine may pay dearly for. `None` on one CPU.
+    pub cross_cpu_round_trip: Option<Percentiles>,
+    /// sha256d of an 80-byte header, one thread (millions per second).
+    pub sha256d_mhs: f64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct Percentiles {
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+impl std::fmt::Display for HostSpeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.same_cpu_round_trip;
+        write!(
+            f,
+            "loopback TCP round trip p50/p99 {:.1}/{:.1} µs on one CPU",
+            s.p50_us, s.p99_us
+        )?;
+        if let Some(c) = self.cross_cpu_round_trip {
+            write!(f, ", {:.1}/{:.1} µs across CPUs", c.p50_us, c.p99_us)?;
+        }
+        write!(f, "; sha256d {:.2} M/s on one core", self.sha256d_mhs)
+    }
+}
+
+/// Measures the host (about a second). Uses 127.0.0.1 only; the measuring threads are pinned,
+/// the caller is not.
+pub fn measure() -> io::Result<HostSpeed> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(HostSpeed {
+        same_cpu_round_trip: loopback_round_trip(0, 0)?,
+        cross_cpu_round_trip: if cpus > 1 {
+            Some(loopback_round_trip(0, 1)?)
+        } else {
+            None
+        },
+        sha256d_mhs: sha256d_rate(),
+    })
+}
+
+/// Pins the calling thread to one CPU (best effort: a failed pin only blurs the figure).
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it; pid 0 is this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn loopback_round_trip(client_cpu: usize, echo_cpu: usize) -> io::Result<Percentiles> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::Builder::new()
+        .name("host-speed-echo".into())
+        .spawn(move || -> io::Result<()> {
+            pin_to(echo_cpu);
+            let (stream, _) = listener.accept()?;
+            stream.set_nodelay(true)?;
+            let mut writer = stream.try_clone()?;
+            let mut reader = BufReader::new(stream);
+            let mut line = Vec::with_capacity(LINE.len() + 1);
+            loop {
+                line.clear();
+                if reader.read_until(b'\n', &mut line)? == 0 {
+                    return Ok(());
+                }
+                writer.write_all(&line)?;
+            }
+        })?;
+    let client = std::thread::Builder::new()
+        .name("host-speed-client".into())
+        .spawn(move || -> io::Result<Vec<f64>> {
+            pin_to(client_cpu);
+            let stream = TcpStream::connect(addr)?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut writer = stream.try_clone()?;
+            let mut reader = BufReader::new(stream);
+            let mut out = LINE.to_vec();
+            out.push(b'\n');
+            let mut back = Vec::with_capacity(out.len());
+            let mut times = Vec::with_capacity(ROUND_TRIPS);
+            for i in 0..WARM_UP + ROUND_TRIPS {
+                let start = Instant::now();
+                writer.write_all(&out)?;
+                back.clear();
+                reader.read_until(b'\n', &mut back)?;
+                if back != out {
+                    return Err(io::Error::other("the loopback echo came back different"));
+                }
+                if i >= WARM_UP {
+                    times.push(start.elapsed().as_secs_f64() * 1e6);
+                }
+            }
+            writer.shutdown(Shutdown::Write)?;
+            Ok(times)
+        })?;
+    let joined = |name: &str| io::Error::other(format!("the loopback {name} thread panicked"));
+    let times = client.join().map_err(|_| joined("client"));
+    let echoed = echo.join().map_err(|_| joined("echo"));
+    let mut times = times??;
+    echoed??;
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Ok(Percentiles {
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+    })
+}
+
+fn sha256d_rate() -> f64 {
+    let mut header = [0u8; 80];
+    let start = Instant::now();
+    let mut hashes = 0u64;
+    while start.elapsed() < HASHING {
+        for _ in 0..1_000 {
+            header[76..].copy_from_slice(&(hashes as u32).to_le_bytes());
+            let h = relay::sha256d(std::hint::black_box(&header));
+            header[0] ^= h[0];
+            hashes += 1;
+        }
+    }
+    hashes as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_is_measured_with_plausible_figures() {
+        let s = measure().expect("measure");
+        // A loopback round trip takes more than a microsecond and (here) less than a second; the
+        // percentiles are ordered; a core hashes at least a thousand headers a second.
+        let mut trips = vec![s.same_cpu_round_trip];
+        trips.extend(s.cross_cpu_round_trip);
+        for t in trips {
+            assert!(t.p50_us >= 1.0 && t.p50_us < 1e6, "{s}");
+            assert!(t.p99_us >= t.p50_us, "{s}");
+        }
+        assert!(s.sha256d_mhs > 0.001 && s.sha256d_mhs.is_finite(), "{s}");
+        assert!(s.to_string().contains("on one CPU"));
+    }
+}

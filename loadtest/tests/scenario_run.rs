@@ -119,8 +119,8 @@ invalid_flood_rate = 400
 "#;
 
 /// Hostile clients around honest miners: the honest ones get only the answers they expect, the
-/// flood is rejected, and every share the edge accepted, the flood's valid hits included, is
-/// credited exactly once.
+/// flood is rejected, and every share a miner heard accepted, the flood's valid hits included,
+/// is credited exactly once.
 #[test]
 fn hostile_clients_cost_honest_miners_nothing_and_every_accepted_share_is_credited_once() {
     let dir = fresh_dir("quarry-it-scenario-hostile");
@@ -142,6 +142,13 @@ fn hostile_clients_cost_honest_miners_nothing_and_every_accepted_share_is_credit
     assert!(hostile.lines_sent > 0 && hostile.closed_by_edge > 0);
     assert_eq!(r.lost, 0, "{:?}", r.problems);
     assert_eq!(r.double_credited, 0, "{:?}", r.problems);
-    assert_eq!(r.credited_unacknowledged, 0, "{:?}", r.problems);
+    // A flood miner banned (or stopped) between a valid submit and its answer never hears the
+    // "accepted" its share was credited for; nothing else may be credited unacknowledged.
+    assert!(
+        r.credited_unacknowledged as u64 <= flood.shares.unanswered,
+        "{} credited but unacknowledged, {} flood submits unanswered",
+        r.credited_unacknowledged,
+        flood.shares.unanswered
+    );
     remove_dir(&dir);
 }

@@ -26,7 +26,7 @@ pub struct HostSpeed {
     /// kernel's TCP path (µs, median and 99th percentile).
     pub same_cpu_round_trip: Percentiles,
     /// The same between threads on two CPUs: adds a cross-CPU wake-up each way, which a
-    /// virtual machine may pay dearly for. `None` on one CPU.
+    /// virtual machine may pay dearly for. `None` when this process may use only one CPU.
     pub cross_cpu_round_trip: Option<Percentiles>,
     /// sha256d of an 80-byte header, one thread (millions per second).
     pub sha256d_mhs: f64,
@@ -56,16 +56,31 @@ impl std::fmt::Display for HostSpeed {
 /// Measures the host (about a second). Uses 127.0.0.1 only; the measuring threads are pinned,
 /// the caller is not.
 pub fn measure() -> io::Result<HostSpeed> {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = allowed_cpus();
+    let first = cpus.first().copied().unwrap_or(0);
     Ok(HostSpeed {
-        same_cpu_round_trip: loopback_round_trip(0, 0)?,
-        cross_cpu_round_trip: if cpus > 1 {
-            Some(loopback_round_trip(0, 1)?)
-        } else {
-            None
+        same_cpu_round_trip: loopback_round_trip(first, first)?,
+        cross_cpu_round_trip: match cpus.get(1) {
+            Some(&second) => Some(loopback_round_trip(first, second)?),
+            None => None,
         },
         sha256d_mhs: sha256d_rate(),
     })
+}
+
+/// The CPUs this process may run on (a harness started under `taskset` gets only those).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set that sched_getaffinity fills; CPU_ISSET reads
+    // inside it; pid 0 is this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
 }
 
 /// Pins the calling thread to one CPU (best effort: a failed pin only blurs the figure).

@@ -2,10 +2,23 @@
 //! end through the library, and every share the miners heard "accepted" is credited exactly
 //! once. Needs the binaries: `cargo build --workspace --bins`.
 
-use loadtest::scenario::{run, write_outputs, RunOptions, Scenario};
+use loadtest::scenario::{run, write_outputs, RunOptions, Scenario, ScenarioReport};
 use loadtest::stack::{fresh_dir, remove_dir};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+/// Runs `s` with its outputs (and rig) in `dir`, logging progress to stderr.
+fn run_in(s: &Scenario, dir: &Path) -> ScenarioReport {
+    let opts = RunOptions {
+        out: dir.to_path_buf(),
+        ..RunOptions::default()
+    };
+    run(s, &opts, Arc::new(AtomicBool::new(false)), |l| {
+        eprintln!("{l}")
+    })
+    .expect("scenario run")
+}
 
 const TINY: &str = r#"
 name = "tiny"
@@ -31,14 +44,7 @@ fn run_tiny(baseline: bool) {
     });
     let mut s = Scenario::parse(TINY).expect("scenario");
     s.baseline = baseline;
-    let opts = RunOptions {
-        out: dir.clone(),
-        ..RunOptions::default()
-    };
-    let r = run(&s, &opts, Arc::new(AtomicBool::new(false)), |l| {
-        eprintln!("{l}")
-    })
-    .expect("scenario run");
+    let r = run_in(&s, &dir);
     write_outputs(&r, &dir).expect("outputs");
     assert!(r.shares_accepted > 0, "no shares accepted");
     assert!(r.settled, "{:?}", r.problems);
@@ -79,15 +85,8 @@ shares_per_sec = 100
 fn a_rerun_into_the_same_directory_counts_only_its_own_shares() {
     let dir = fresh_dir("quarry-it-scenario-rerun");
     let s = Scenario::parse(SHORT).expect("scenario");
-    let opts = RunOptions {
-        out: dir.clone(),
-        ..RunOptions::default()
-    };
     for round in 0..2 {
-        let r = run(&s, &opts, Arc::new(AtomicBool::new(false)), |l| {
-            eprintln!("{l}")
-        })
-        .expect("scenario run");
+        let r = run_in(&s, &dir);
         assert!(r.shares_accepted > 0, "round {round}: no shares accepted");
         assert!(r.settled, "round {round}: {:?}", r.problems);
         assert_eq!(r.core_credited, r.shares_accepted, "round {round}");
@@ -125,14 +124,7 @@ invalid_flood_rate = 400
 fn hostile_clients_cost_honest_miners_nothing_and_every_accepted_share_is_credited_once() {
     let dir = fresh_dir("quarry-it-scenario-hostile");
     let s = Scenario::parse(SMALL_HOSTILE).expect("scenario");
-    let opts = RunOptions {
-        out: dir.clone(),
-        ..RunOptions::default()
-    };
-    let r = run(&s, &opts, Arc::new(AtomicBool::new(false)), |l| {
-        eprintln!("{l}")
-    })
-    .expect("scenario run");
+    let r = run_in(&s, &dir);
     assert!(r.shares_accepted > 0, "no shares accepted");
     assert_eq!(r.unexpected_rejects, 0, "{:?}", r.problems);
     assert!(r.settled, "{:?}", r.problems);

@@ -28,16 +28,28 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Upstream rejects other than stale races (a share in flight while the upstream's new block
-/// was on its way to us: no proxy can avoid those, and they must stay rare).
+/// How late a stale share may reach the upstream and still count as a race: a share in flight
+/// while the upstream's new block was on its way to the miners. A few round trips through the
+/// proxy (and the edge) take milliseconds; a proxy that kept its miners on old work would send
+/// stale shares until the next job, seconds later.
+const STALE_RACE_WINDOW_MS: u64 = 1_000;
+
+/// Upstream rejects other than stale races: none. Stale races: each one within
+/// [`STALE_RACE_WINDOW_MS`] of its job going stale, so their number is bounded by the time the
+/// work takes to propagate, not by a share count a slow CI host can exceed.
 fn assert_no_rejects_but_rare_stale_races(what: &str, s: &loadtest::sim_pool::SimPoolStats) {
     let stale = s.rejected.get("stale").copied().unwrap_or(0);
     let others: u64 = s.rejected.values().sum::<u64>() - stale;
     assert_eq!(others, 0, "{what} rejected valid work: {:?}", s.rejected);
+    assert_eq!(
+        s.stale_late_ms.len() as u64,
+        stale,
+        "{what}: every stale reject is timed"
+    );
     assert!(
-        stale * 200 <= s.accepted.max(1),
-        "{what}: {stale} stale rejects for {} accepted",
-        s.accepted
+        s.stale_late_ms.iter().all(|&ms| ms <= STALE_RACE_WINDOW_MS),
+        "{what}: stale shares arrived this long (ms) after their job went stale: {:?}",
+        s.stale_late_ms
     );
 }
 
@@ -437,8 +449,8 @@ fn shares_from_an_edge_behind_a_proxying_core_reach_the_upstream() {
         eprintln!("{l}");
     }
     eprintln!(
-        "edge: upstream accepted {} (expected {expected:.0}), rejected {:?}; miners {stats}",
-        up.accepted, up.rejected
+        "edge: upstream accepted {} (expected {expected:.0}), rejected {:?} (stale ms late {:?}); miners {stats}",
+        up.accepted, up.rejected, up.stale_late_ms
     );
     assert!(expected > 100.0, "too little work: {expected}");
     assert!(
@@ -517,8 +529,8 @@ fn set_extranonce_and_client_reconnect_from_the_upstream_are_followed() {
     });
     pool.set_extranonce_all();
     let after_change = pool.stats().accepted;
-    // Enough shares in each phase that the stale-race bound (1 per 200 accepted) judges a
-    // real sample, not a handful.
+    // Enough shares in each phase that a proxy still mining on a dead extranonce1 or
+    // connection would show.
     wait_until(
         "accepts with the new extranonce1",
         Duration::from_secs(30),

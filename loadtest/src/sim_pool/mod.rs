@@ -149,6 +149,10 @@ pub struct SimPoolStats {
     pub blocks: u64,
     pub per_worker: BTreeMap<String, WorkerStats>,
     pub jobs_issued: u64,
+    /// For each stale reject, how long after its job went stale the share arrived (ms). A
+    /// share that crossed the new block's notification in flight arrives within a few
+    /// round trips; one that arrives seconds late means a client kept mining old work.
+    pub stale_late_ms: Vec<u64>,
 }
 
 /// A job as the pool keeps it.
@@ -157,8 +161,9 @@ pub struct SimJob {
     pub job: Job,
     pub network_target: Target,
     pub notify_line: String,
-    /// Superseded past the grace, or on an old prevhash.
-    pub stale: bool,
+    /// When the job went stale (superseded past the grace, or on an old prevhash); shares on
+    /// it are refused from then on.
+    pub stale_since: Option<Instant>,
     pub superseded_at: Option<Instant>,
 }
 
@@ -223,14 +228,15 @@ impl State {
                 job: j.job.clone(),
                 network_target: j.network_target,
                 notify_line: j.notify_line.clone(),
-                stale: j.stale || clean,
+                stale_since: j.stale_since.or(clean.then_some(now)),
                 superseded_at: j.superseded_at.or(Some(now)),
             };
-            if nj
-                .superseded_at
-                .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.stale_grace)
+            if nj.stale_since.is_none()
+                && nj
+                    .superseded_at
+                    .is_some_and(|t| now.saturating_duration_since(t) > self.cfg.stale_grace)
             {
-                nj.stale = true;
+                nj.stale_since = Some(now);
             }
             *j = Arc::new(nj);
         }
@@ -244,7 +250,7 @@ impl State {
             network_target: Target::from_compact(job.nbits).unwrap_or(Target::ZERO),
             job,
             notify_line,
-            stale: false,
+            stale_since: None,
             superseded_at: None,
         });
         self.jobs.push(sj.clone());
@@ -649,6 +655,15 @@ fn record(s: &mut State, judged: Judged, at: Instant, line: &[u8]) {
         }
         Judged::Rejected { worker, reason } => {
             *s.stats.rejected.entry(reason.as_str().into()).or_default() += 1;
+            if reason == Reject::Stale {
+                if let Some(since) = submitted_job(line)
+                    .and_then(|id| s.jobs.iter().find(|j| j.job.id.as_str() == id))
+                    .and_then(|j| j.stale_since)
+                {
+                    let late = at.saturating_duration_since(since).as_millis() as u64;
+                    s.stats.stale_late_ms.push(late);
+                }
+            }
             if !worker.is_empty() {
                 *s.stats
                     .per_worker
@@ -678,6 +693,14 @@ fn record(s: &mut State, judged: Judged, at: Instant, line: &[u8]) {
                 accepted: result.is_none(),
             });
         }
+    }
+}
+
+/// The job id of a submit line.
+fn submitted_job(line: &[u8]) -> Option<String> {
+    match relay::stratum::Request::parse(line).ok()?.body {
+        relay::stratum::ClientRequest::Submit(sub) => Some(sub.job_id.to_string()),
+        _ => None,
     }
 }
 
@@ -744,4 +767,52 @@ fn tls_config() -> Result<(Arc<rustls::ServerConfig>, String), String> {
     )
     .map_err(|e| e.to_string())?;
     Ok((Arc::new(cfg), ca.cert_pem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+
+    fn submit_on(job: &str) -> String {
+        format!(
+            "{{\"id\":9,\"method\":\"mining.submit\",\"params\":[\"w\",\"{job}\",\"0000000000000000\",\"00000000\",\"00000000\"]}}\n"
+        )
+    }
+
+    /// A share on a job that a new block made stale is refused as stale, and the pool times
+    /// how long after the block it came: what tells a race from a client left on old work.
+    #[test]
+    fn a_share_on_the_previous_block_is_stale_and_timed_from_the_block() {
+        let mut cfg = SimPoolConfig::new("127.0.0.1:0".parse().unwrap());
+        cfg.job_interval = Duration::from_secs(3_600);
+        let pool = SimPool::start(cfg).unwrap();
+        let mut conn = TcpStream::connect(pool.local_addr()).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut lines = BufReader::new(conn.try_clone().unwrap()).lines();
+        conn.write_all(
+            b"{\"id\":1,\"method\":\"mining.subscribe\",\"params\":[]}\n\
+              {\"id\":2,\"method\":\"mining.authorize\",\"params\":[\"w\",\"x\"]}\n",
+        )
+        .unwrap();
+        let mut wait_for = |needle: &str| loop {
+            let l = lines.next().expect("the pool answers").unwrap();
+            if l.contains(needle) {
+                return l;
+            }
+        };
+        wait_for("sim1");
+        pool.new_job(true);
+        wait_for("sim2");
+        std::thread::sleep(Duration::from_millis(60));
+        conn.write_all(submit_on("sim1").as_bytes()).unwrap();
+        let answer = wait_for("\"id\":9");
+        assert!(answer.contains("\"error\":[21"), "{answer}");
+        let stats = pool.stats();
+        assert_eq!(stats.rejected.get("stale"), Some(&1), "{stats:?}");
+        assert_eq!(stats.stale_late_ms.len(), 1);
+        assert!(stats.stale_late_ms[0] >= 60, "{stats:?}");
+        pool.shutdown();
+    }
 }

@@ -219,7 +219,7 @@ impl SimSession {
             return Err(Reject::JobNotFound);
         };
         let job = &view.jobs[pos];
-        if job.stale {
+        if job.stale_since.is_some() {
             return Err(Reject::Stale);
         }
         if s.extranonce2.len() != view.extranonce2_size {
@@ -295,7 +295,7 @@ mod tests {
             network_target: Target::from_compact(job.nbits).unwrap(),
             notify_line: String::new(),
             job,
-            stale: false,
+            stale_since: None,
             superseded_at: None,
         });
         let mut s = SimSession::new(
@@ -514,7 +514,7 @@ mod tests {
                     job: j.job.clone(),
                     network_target: j.network_target,
                     notify_line: String::new(),
-                    stale: true,
+                    stale_since: Some(std::time::Instant::now()),
                     superseded_at: None,
                 })
             })

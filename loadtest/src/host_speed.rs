@@ -6,6 +6,12 @@
 //! trip of a short line over one loopback TCP connection between two threads (the kernel path
 //! and the wake-ups every share takes), once with both threads on one CPU and once across two,
 //! and the sha256d rate of one core (plain compute). Runs are comparable when these agree.
+//!
+//! A third figure says how often the host takes the CPUs away: a thread spinning on each CPU
+//! notes every gap of a millisecond or more between two readings of the clock. On a quiet machine
+//! these are rare; on a shared virtual machine they can add up to about 1% of the time, with single
+//! gaps over 10 ms, and every share in flight during one waits it out. A p99 latency budget of
+//! 2 ms cannot hold when more than about 1% of the time is lost this way, whatever the code does.
 
 use serde::Serialize;
 use std::io::{self, BufRead, BufReader, Write};
@@ -17,6 +23,11 @@ const ROUND_TRIPS: usize = 4_000;
 const WARM_UP: usize = 200;
 /// How long the hash rate is measured.
 const HASHING: Duration = Duration::from_millis(200);
+/// How long the stall probe spins on each CPU (all CPUs at once).
+const STALL_PROBE: Duration = Duration::from_secs(2);
+/// The shortest gap between two clock readings counted as a stall: far above the clock's own
+/// cost (tens of ns) and a timer tick's work, and half the 2 ms latency budget of `steady`.
+const STALL_GAP: Duration = Duration::from_millis(1);
 /// A line the size of a `mining.submit`.
 const LINE: &[u8] = &[b'x'; 160];
 
@@ -30,6 +41,20 @@ pub struct HostSpeed {
     pub cross_cpu_round_trip: Option<Percentiles>,
     /// sha256d of an 80-byte header, one thread (millions per second).
     pub sha256d_mhs: f64,
+    /// Time the CPUs were taken away from a thread spinning on each of them.
+    pub stalls: Stalls,
+}
+
+/// Gaps of [`STALL_GAP`] or more in a spinning thread's clock readings, over all CPUs probed.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct Stalls {
+    pub cpus: usize,
+    pub probe_secs: f64,
+    /// Gaps per second, per CPU.
+    pub gaps_per_sec: f64,
+    /// Share of the probe time lost in those gaps (percent, averaged over the CPUs).
+    pub stalled_percent: f64,
+    pub longest_ms: f64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
@@ -49,11 +74,111 @@ impl std::fmt::Display for HostSpeed {
         if let Some(c) = self.cross_cpu_round_trip {
             write!(f, ", {:.1}/{:.1} µs across CPUs", c.p50_us, c.p99_us)?;
         }
-        write!(f, "; sha256d {:.2} M/s on one core", self.sha256d_mhs)
+        write!(f, "; sha256d {:.2} M/s on one core", self.sha256d_mhs)?;
+        write!(f, "; {}", self.stalls)
     }
 }
 
-/// Measures the host (about a second). Uses 127.0.0.1 only; the measuring threads are pinned,
+impl std::fmt::Display for Stalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CPUs stalled {:.2}% of the time in gaps >= 1 ms ({:.1}/s per CPU, longest {:.1} ms)",
+            self.stalled_percent, self.gaps_per_sec, self.longest_ms
+        )
+    }
+}
+
+/// Tallies the gaps between successive clock readings of one spinning thread. Kept apart from
+/// the clock so the arithmetic is tested with made-up readings.
+#[derive(Debug)]
+struct GapTally {
+    min_gap: Duration,
+    start: Instant,
+    last: Instant,
+    gaps: u64,
+    stalled: Duration,
+    longest: Duration,
+}
+
+impl GapTally {
+    fn new(min_gap: Duration, start: Instant) -> Self {
+        GapTally {
+            min_gap,
+            start,
+            last: start,
+            gaps: 0,
+            stalled: Duration::ZERO,
+            longest: Duration::ZERO,
+        }
+    }
+
+    fn observe(&mut self, now: Instant) {
+        let gap = now.saturating_duration_since(self.last);
+        self.last = now;
+        if gap >= self.min_gap {
+            self.gaps += 1;
+            self.stalled += gap;
+            self.longest = self.longest.max(gap);
+        }
+    }
+
+    fn elapsed(&self) -> Duration {
+        self.last.saturating_duration_since(self.start)
+    }
+}
+
+/// Combines the tallies of the CPUs probed at the same time.
+fn stalls_of(tallies: &[GapTally]) -> Stalls {
+    let cpus = tallies.len();
+    let secs: f64 = tallies.iter().map(|t| t.elapsed().as_secs_f64()).sum();
+    if cpus == 0 || secs <= 0.0 {
+        return Stalls::default();
+    }
+    let gaps: u64 = tallies.iter().map(|t| t.gaps).sum();
+    let stalled: f64 = tallies.iter().map(|t| t.stalled.as_secs_f64()).sum();
+    let longest = tallies.iter().map(|t| t.longest).max().unwrap_or_default();
+    Stalls {
+        cpus,
+        probe_secs: secs / cpus as f64,
+        gaps_per_sec: gaps as f64 / secs,
+        stalled_percent: 100.0 * stalled / secs,
+        longest_ms: longest.as_secs_f64() * 1e3,
+    }
+}
+
+/// Spins one pinned thread per CPU for `probe`, all at once, and tallies their stalls.
+fn probe_stalls(cpus: &[usize], probe: Duration) -> io::Result<Stalls> {
+    let spinners = cpus
+        .iter()
+        .map(|&cpu| {
+            std::thread::Builder::new()
+                .name("host-stall-probe".into())
+                .spawn(move || {
+                    pin_to(cpu);
+                    let start = Instant::now();
+                    let mut tally = GapTally::new(STALL_GAP, start);
+                    loop {
+                        let now = Instant::now();
+                        tally.observe(now);
+                        if now.saturating_duration_since(start) >= probe {
+                            return tally;
+                        }
+                    }
+                })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    let tallies = spinners
+        .into_iter()
+        .map(|t| {
+            t.join()
+                .map_err(|_| io::Error::other("a stall probe thread panicked"))
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok(stalls_of(&tallies))
+}
+
+/// Measures the host (about three seconds). Uses 127.0.0.1 only; the measuring threads are pinned,
 /// the caller is not.
 pub fn measure() -> io::Result<HostSpeed> {
     let cpus = allowed_cpus();
@@ -65,6 +190,7 @@ pub fn measure() -> io::Result<HostSpeed> {
             None => None,
         },
         sha256d_mhs: sha256d_rate(),
+        stalls: probe_stalls(if cpus.is_empty() { &[0] } else { &cpus }, STALL_PROBE)?,
     })
 }
 
@@ -186,5 +312,41 @@ mod tests {
         }
         assert!(s.sha256d_mhs > 0.001 && s.sha256d_mhs.is_finite(), "{s}");
         assert!(s.to_string().contains("on one CPU"));
+        // The probe ran on every CPU for its whole length; the stalled share is a percentage.
+        assert!(s.stalls.cpus >= 1, "{s}");
+        assert!(s.stalls.probe_secs >= STALL_PROBE.as_secs_f64(), "{s}");
+        assert!((0.0..=100.0).contains(&s.stalls.stalled_percent), "{s}");
+        assert!(s.to_string().contains("CPUs stalled"));
+    }
+
+    #[test]
+    fn only_gaps_of_a_millisecond_or_more_count_as_stalls() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        let mut cpu0 = GapTally::new(STALL_GAP, t0);
+        // Readings 0.2 ms apart for a second, with one 5 ms and one 1 ms gap among them.
+        let mut now = 0;
+        while now < 1_000_000 {
+            now += match now {
+                300_000 => 5_000,
+                600_000 => 1_000,
+                _ => 200,
+            };
+            cpu0.observe(at(now));
+        }
+        assert_eq!(cpu0.gaps, 2);
+        assert_eq!(cpu0.stalled, Duration::from_micros(6_000));
+        assert_eq!(cpu0.longest, Duration::from_millis(5));
+        // A second CPU without a gap halves the per-CPU rate and the stalled share.
+        let mut cpu1 = GapTally::new(STALL_GAP, t0);
+        for step in 1..=5_000 {
+            cpu1.observe(at(step * 200));
+        }
+        let s = stalls_of(&[cpu0, cpu1]);
+        assert_eq!(s.cpus, 2);
+        assert!((s.probe_secs - 1.0).abs() < 1e-3, "{s:?}");
+        assert!((s.gaps_per_sec - 1.0).abs() < 1e-3, "{s:?}");
+        assert!((s.stalled_percent - 0.3).abs() < 1e-3, "{s:?}");
+        assert!((s.longest_ms - 5.0).abs() < 1e-9, "{s:?}");
     }
 }

@@ -593,6 +593,10 @@ pub struct Sample {
     pub submit_p50_us: u64,
     #[serde(default)]
     pub submit_p99_us: u64,
+    /// p99 of the same answers at their arrival in the socket (kernel stamp): where it stays low
+    /// while `submit_p99_us` rises, the harness was slow to read, not the edge to answer.
+    #[serde(default)]
+    pub arrival_p99_us: u64,
 }
 
 /// The edge process's resources (from /proc).
@@ -828,6 +832,7 @@ pub fn run(
     let mut peak_connected = 0i64;
     let mut failure: Option<anyhow::Error> = None;
     let mut second_latency = new_latency_histogram();
+    let mut second_arrival = new_latency_histogram();
     let mut storm = s.storm.as_ref().map(|spec| {
         StormRun::new(
             spec,
@@ -844,6 +849,9 @@ pub fn run(
         if let Some(h) = &p.interval_latency_us {
             let _ = second_latency.add(h);
         }
+        if let Some(h) = &p.interval_arrival_us {
+            let _ = second_arrival.add(h);
+        }
         if let Some(st) = storm.as_mut() {
             if let Err(e) = st.on_progress(p, miners, &rig, &mut say) {
                 failure.get_or_insert(e);
@@ -854,6 +862,8 @@ pub fn run(
             let dt = (p.elapsed - last.elapsed).as_secs_f64().max(1e-3);
             let lat = LatencySummary::of(&second_latency);
             second_latency.reset();
+            let arrival = LatencySummary::of(&second_arrival);
+            second_arrival.reset();
             samples.push(Sample {
                 t_secs: (t * 10.0).round() / 10.0,
                 connected: p.connected,
@@ -864,6 +874,7 @@ pub fn run(
                 answers: lat.count,
                 submit_p50_us: lat.p50,
                 submit_p99_us: lat.p99,
+                arrival_p99_us: arrival.p99,
             });
             blackout_in_second = blackout_now;
             last = p.clone();
@@ -1489,7 +1500,7 @@ pub fn svg(r: &ScenarioReport) -> String {
     );
     let _ = writeln!(
         o,
-        r#"<text x="{}" y="{}">submit latency per second, ms: p99 (purple), p50 (green)</text>"#,
+        r#"<text x="{}" y="{}">submit latency per second, ms: p99 (purple), p99 at arrival (orange), p50 (green)</text>"#,
         ml + 10.0,
         lt + 14.0
     );
@@ -1516,6 +1527,7 @@ pub fn svg(r: &ScenarioReport) -> String {
             "purple",
             (|s: &Sample| s.submit_p99_us) as fn(&Sample) -> u64,
         ),
+        ("orange", |s: &Sample| s.arrival_p99_us),
         ("green", |s: &Sample| s.submit_p50_us),
     ] {
         // Seconds without answers (a blackout in a baseline) are gaps, not zeros.

@@ -53,6 +53,16 @@ fn run_tiny(baseline: bool) {
     assert_eq!(r.core_credited, r.shares_accepted);
     assert_eq!(r.credited_unacknowledged, 0, "{:?}", r.problems);
     assert!(r.throughput.iter().any(|s| s.blackout));
+    // Each second's answers arrived in the sockets no later than the miners read them; in the
+    // baseline the link's 20 ms delay lies between miners and pool, so it shows in both.
+    let answered: Vec<_> = r.throughput.iter().filter(|s| s.answers > 0).collect();
+    assert!(!answered.is_empty());
+    for s in &answered {
+        assert!(s.arrival_p99_us <= s.submit_p99_us, "{s:?}");
+    }
+    if baseline {
+        assert!(answered.iter().all(|s| s.arrival_p99_us >= 20_000), "{answered:?}");
+    }
     for f in ["report.json", "summary.txt", "throughput.svg"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }

@@ -270,6 +270,8 @@ struct Worker<'a> {
     miners_len: usize,
     /// Latencies answered since the last hand-over to `live` (for per-interval percentiles).
     interval_latency: Histogram<u64>,
+    /// The same answers' latencies to their arrival in the socket.
+    interval_arrival: Histogram<u64>,
     last_flush: Instant,
 }
 
@@ -303,6 +305,7 @@ impl<'a> Worker<'a> {
             steady_from: None,
             miners_len: indexes.len(),
             interval_latency: new_latency_histogram(),
+            interval_arrival: new_latency_histogram(),
             last_flush: start,
         };
         for (slot, index) in indexes.into_iter().enumerate() {
@@ -392,8 +395,10 @@ impl<'a> Worker<'a> {
     fn flush_latencies(&mut self, now: Instant) {
         self.last_flush = now;
         if !self.interval_latency.is_empty() {
-            self.live.add_latencies(&self.interval_latency);
+            self.live
+                .add_latencies(&self.interval_latency, &self.interval_arrival);
             self.interval_latency.reset();
+            self.interval_arrival.reset();
         }
     }
 
@@ -705,9 +710,9 @@ impl<'a> Worker<'a> {
                 } => {
                     let us = micros(*l);
                     self.totals.stats.latency_us.saturating_record(us);
-                    self.totals
-                        .arrival_latency_us
-                        .saturating_record(micros(l.saturating_sub(link.read_lag)));
+                    let arrival_us = micros(l.saturating_sub(link.read_lag));
+                    self.totals.arrival_latency_us.saturating_record(arrival_us);
+                    self.interval_arrival.saturating_record(arrival_us);
                     // Sent after the ramp settled and before hashing stopped.
                     let sent = now.checked_sub(*l);
                     let steady = match (self.steady_from, sent) {

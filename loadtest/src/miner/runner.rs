@@ -230,6 +230,9 @@ pub struct Progress {
     /// so a caller can plot percentiles over time from real answers. Filled by the mio runner
     /// (flushed from its threads every [`LATENCY_FLUSH`]); the threaded runner leaves it empty.
     pub interval_latency_us: Option<Histogram<u64>>,
+    /// The same answers, to their arrival in the socket (the kernel's stamp): a second whose
+    /// read latency rose but whose arrival latency did not was slowed by the harness itself.
+    pub interval_arrival_us: Option<Histogram<u64>>,
 }
 
 /// How often the mio runner's threads hand their interval latencies to [`Live`]: the
@@ -269,27 +272,31 @@ pub(super) struct Live {
     blocks: AtomicU64,
     /// Latencies answered since the last snapshot (touched every [`LATENCY_FLUSH`] per thread,
     /// not per answer).
-    interval_latency: parking_lot::Mutex<Option<Histogram<u64>>>,
+    interval_latency: parking_lot::Mutex<Option<(Histogram<u64>, Histogram<u64>)>>,
 }
 
 impl Live {
-    /// Adds a thread's interval latencies; the caller resets its own histogram.
-    pub(super) fn add_latencies(&self, h: &Histogram<u64>) {
+    /// Adds a thread's interval latencies (to the read, and to the arrival); the caller resets
+    /// its own histograms.
+    pub(super) fn add_latencies(&self, read: &Histogram<u64>, arrival: &Histogram<u64>) {
         let mut interval = self.interval_latency.lock();
-        let into = interval.get_or_insert_with(new_latency_histogram);
+        let (r, a) =
+            interval.get_or_insert_with(|| (new_latency_histogram(), new_latency_histogram()));
         // Same bounds on both sides (new_latency_histogram), so this cannot fail.
-        let _ = into.add(h);
+        let _ = r.add(read);
+        let _ = a.add(arrival);
     }
 
     /// Totals now, and the latencies answered since the previous snapshot (taken away).
     pub(super) fn snapshot(&self, elapsed: Duration) -> Progress {
+        let (read, arrival) = self
+            .interval_latency
+            .lock()
+            .take()
+            .unwrap_or_else(|| (new_latency_histogram(), new_latency_histogram()));
         Progress {
-            interval_latency_us: Some(
-                self.interval_latency
-                    .lock()
-                    .take()
-                    .unwrap_or_else(new_latency_histogram),
-            ),
+            interval_latency_us: Some(read),
+            interval_arrival_us: Some(arrival),
             elapsed,
             connected: self.connected.load(Ordering::Relaxed),
             authorized: self.authorized.load(Ordering::Relaxed),

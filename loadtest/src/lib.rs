@@ -20,6 +20,7 @@ pub mod scenario;
 pub mod sim_pool;
 pub mod stack;
 mod stack_cmd;
+pub mod stall_watch;
 pub mod storm;
 pub mod synthetic_core;
 pub mod synthetic_pool;

@@ -37,6 +37,7 @@ use crate::miner::{
     StratumUrl,
 };
 use crate::process::{find_binary, free_port, metric_sum, scrape, ManagedProcess};
+use crate::stall_watch::{StallWatch, Stalled};
 use crate::storm::{read_worker_report, PhaseStats, StormReport, StormSpec, WorkerReport};
 use crate::synthetic_core::EDGE_ID;
 use crate::tcp_impair::{TcpImpairment, TcpProxy};
@@ -597,6 +598,40 @@ pub struct Sample {
     /// while `submit_p99_us` rises, the harness was slow to read, not the edge to answer.
     #[serde(default)]
     pub arrival_p99_us: u64,
+    /// The host's stalls in this second (see [`crate::stall_watch`]): late wake-ups of a
+    /// thread that asked to be woken every millisecond.
+    #[serde(default)]
+    pub host_stalls: Stalled,
+}
+
+/// The host's stalls over the whole run (see [`crate::stall_watch`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct HostStallsDuringRun {
+    /// The watcher ran at real-time priority: its lateness was the host's alone. Otherwise it
+    /// includes waiting behind the run's own busy threads.
+    pub realtime: bool,
+    pub stalls: Stalled,
+    /// Late time as a share of the run (percent).
+    pub stalled_percent: f64,
+}
+
+impl std::fmt::Display for HostStallsDuringRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} wake-ups of {} were 1 ms or more late, {:.0} ms in all ({:.2}% of the run), longest {:.1} ms{}",
+            self.stalls.late_wakeups,
+            self.stalls.wakeups,
+            self.stalls.late_ms,
+            self.stalled_percent,
+            self.stalls.longest_ms,
+            if self.realtime {
+                ""
+            } else {
+                " (not real-time: includes waiting for busy CPUs)"
+            }
+        )
+    }
 }
 
 /// The edge process's resources (from /proc).
@@ -629,6 +664,8 @@ pub struct ScenarioReport {
     pub machine: Machine,
     /// The host's speed just before the run (loopback round trip, hash rate).
     pub host_speed: Option<HostSpeed>,
+    /// The host's stalls while the miners ran.
+    pub host_stalls_during_run: Option<HostStallsDuringRun>,
     pub started_unix_secs: u64,
     pub elapsed_secs: f64,
     pub miners: usize,
@@ -833,6 +870,14 @@ pub fn run(
     let mut failure: Option<anyhow::Error> = None;
     let mut second_latency = new_latency_histogram();
     let mut second_arrival = new_latency_histogram();
+    let mut stall_watch = match StallWatch::start() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            say(&format!("host stalls not watched: {e}"));
+            None
+        }
+    };
+    let watch_started = Instant::now();
     let mut storm = s.storm.as_ref().map(|spec| {
         StormRun::new(
             spec,
@@ -875,6 +920,10 @@ pub fn run(
                 submit_p50_us: lat.p50,
                 submit_p99_us: lat.p99,
                 arrival_p99_us: arrival.p99,
+                host_stalls: stall_watch
+                    .as_mut()
+                    .map(StallWatch::take_interval)
+                    .unwrap_or_default(),
             });
             blackout_in_second = blackout_now;
             last = p.clone();
@@ -906,6 +955,15 @@ pub fn run(
         }
     });
     rig.set_blackout(false);
+    let host_stalls_during_run = stall_watch.as_mut().map(|w| {
+        let stalls = w.whole_run();
+        HostStallsDuringRun {
+            realtime: w.realtime(),
+            stalls,
+            stalled_percent: 0.1 * stalls.late_ms / watch_started.elapsed().as_secs_f64().max(1e-3),
+        }
+    });
+    drop(stall_watch);
     let mut hostile_report = hostile.map(HostileClients::finish);
     if let Some(e) = failure {
         return Err(e.context("a process of the stack died during the run"));
@@ -968,6 +1026,7 @@ pub fn run(
         baseline: s.baseline,
         machine: machine(),
         host_speed,
+        host_stalls_during_run,
         started_unix_secs,
         elapsed_secs,
         miners,
@@ -1262,6 +1321,9 @@ pub fn summary(r: &ScenarioReport) -> String {
     if let Some(h) = &r.host_speed {
         let _ = writeln!(o, "host speed before the run: {h}");
     }
+    if let Some(h) = &r.host_stalls_during_run {
+        let _ = writeln!(o, "host stalls during the run: {h}");
+    }
     let _ = writeln!(
         o,
         "link: delay {} ms, jitter {} ms, loss {}, bandwidth {} B/s, blackouts {:?}",
@@ -1486,7 +1548,7 @@ pub fn svg(r: &ScenarioReport) -> String {
     let lmax = r
         .throughput
         .iter()
-        .map(|s| s.submit_p99_us as f64 / 1000.0)
+        .map(|s| (s.submit_p99_us as f64 / 1000.0).max(s.host_stalls.late_ms))
         .fold(0.1, f64::max)
         * 1.1;
     let ly = |ms: f64| lt + lh * (1.0 - ms / lmax);
@@ -1500,7 +1562,7 @@ pub fn svg(r: &ScenarioReport) -> String {
     );
     let _ = writeln!(
         o,
-        r#"<text x="{}" y="{}">submit latency per second, ms: p99 (purple), p99 at arrival (orange), p50 (green)</text>"#,
+        r#"<text x="{}" y="{}">submit latency per second, ms: p99 (purple), p99 at arrival (orange), p50 (green); host stalls, ms lost (red)</text>"#,
         ml + 10.0,
         lt + 14.0
     );
@@ -1529,6 +1591,7 @@ pub fn svg(r: &ScenarioReport) -> String {
         ),
         ("orange", |s: &Sample| s.arrival_p99_us),
         ("green", |s: &Sample| s.submit_p50_us),
+        ("red", |s: &Sample| (s.host_stalls.late_ms * 1000.0) as u64),
     ] {
         // Seconds without answers (a blackout in a baseline) are gaps, not zeros.
         let points: Vec<String> = r

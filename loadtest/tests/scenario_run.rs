@@ -61,8 +61,18 @@ fn run_tiny(baseline: bool) {
         assert!(s.arrival_p99_us <= s.submit_p99_us, "{s:?}");
     }
     if baseline {
-        assert!(answered.iter().all(|s| s.arrival_p99_us >= 20_000), "{answered:?}");
+        assert!(
+            answered.iter().all(|s| s.arrival_p99_us >= 20_000),
+            "{answered:?}"
+        );
     }
+    // The host was watched throughout: about a wake-up a millisecond over the 5 s run.
+    let watched = r
+        .host_stalls_during_run
+        .as_ref()
+        .expect("host stalls watched");
+    assert!(watched.stalls.wakeups >= 1_000, "{watched:?}");
+    assert!(r.throughput.iter().all(|s| s.host_stalls.wakeups > 0));
     for f in ["report.json", "summary.txt", "throughput.svg"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }

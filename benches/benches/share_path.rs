@@ -87,6 +87,14 @@ fn bench_parse(c: &mut Criterion) {
     g.bench_function("parse_notify_12_branches", |b| {
         b.iter(|| ServerMessage::parse(black_box(notify.trim_ascii_end())))
     });
+    // What a harness thread does instead for every miner after the first (loadtest's
+    // `parse_pool_line`): compare the line with the last notify it parsed, and copy that job.
+    let line = notify.trim_ascii_end();
+    let seen: Box<[u8]> = line.into();
+    let parsed = ServerMessage::parse(line).expect("notify parses");
+    g.bench_function("notify_reused_12_branches", |b| {
+        b.iter(|| (*seen == *black_box(line)).then(|| parsed.clone()))
+    });
     g.finish();
 }
 

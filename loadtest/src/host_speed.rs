@@ -13,6 +13,7 @@
 //! gaps over 10 ms, and every share in flight during one waits it out. A p99 latency budget of
 //! 2 ms cannot hold when more than about 1% of the time is lost this way, whatever the code does.
 
+use crate::stall_watch::Stalled;
 use serde::Serialize;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -25,9 +26,6 @@ const WARM_UP: usize = 200;
 const HASHING: Duration = Duration::from_millis(200);
 /// How long the stall probe spins on each CPU (all CPUs at once).
 const STALL_PROBE: Duration = Duration::from_secs(2);
-/// The shortest gap between two clock readings counted as a stall: far above the clock's own
-/// cost (tens of ns) and a timer tick's work, and half the 2 ms latency budget of `steady`.
-const STALL_GAP: Duration = Duration::from_millis(1);
 /// A line the size of a `mining.submit`.
 const LINE: &[u8] = &[b'x'; 160];
 
@@ -45,7 +43,7 @@ pub struct HostSpeed {
     pub stalls: Stalls,
 }
 
-/// Gaps of [`STALL_GAP`] or more in a spinning thread's clock readings, over all CPUs probed.
+/// Gaps of [`crate::stall_watch::STALL`] or more in a spinning thread's clock readings, over all CPUs probed.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
 pub struct Stalls {
     pub cpus: usize,
@@ -89,38 +87,28 @@ impl std::fmt::Display for Stalls {
     }
 }
 
-/// Tallies the gaps between successive clock readings of one spinning thread. Kept apart from
-/// the clock so the arithmetic is tested with made-up readings.
+/// Tallies the gaps between successive clock readings of one spinning thread (as the stall
+/// watcher tallies its late wake-ups). Kept apart from the clock so the arithmetic is tested
+/// with made-up readings.
 #[derive(Debug)]
 struct GapTally {
-    min_gap: Duration,
     start: Instant,
     last: Instant,
-    gaps: u64,
-    stalled: Duration,
-    longest: Duration,
+    gaps: Stalled,
 }
 
 impl GapTally {
-    fn new(min_gap: Duration, start: Instant) -> Self {
+    fn new(start: Instant) -> Self {
         GapTally {
-            min_gap,
             start,
             last: start,
-            gaps: 0,
-            stalled: Duration::ZERO,
-            longest: Duration::ZERO,
+            gaps: Stalled::default(),
         }
     }
 
     fn observe(&mut self, now: Instant) {
-        let gap = now.saturating_duration_since(self.last);
+        self.gaps.note(now.saturating_duration_since(self.last));
         self.last = now;
-        if gap >= self.min_gap {
-            self.gaps += 1;
-            self.stalled += gap;
-            self.longest = self.longest.max(gap);
-        }
     }
 
     fn elapsed(&self) -> Duration {
@@ -135,15 +123,18 @@ fn stalls_of(tallies: &[GapTally]) -> Stalls {
     if cpus == 0 || secs <= 0.0 {
         return Stalls::default();
     }
-    let gaps: u64 = tallies.iter().map(|t| t.gaps).sum();
-    let stalled: f64 = tallies.iter().map(|t| t.stalled.as_secs_f64()).sum();
-    let longest = tallies.iter().map(|t| t.longest).max().unwrap_or_default();
+    let gaps: u64 = tallies.iter().map(|t| t.gaps.late_wakeups).sum();
+    let stalled_ms: f64 = tallies.iter().map(|t| t.gaps.late_ms).sum();
+    let longest_ms = tallies
+        .iter()
+        .map(|t| t.gaps.longest_ms)
+        .fold(0.0, f64::max);
     Stalls {
         cpus,
         probe_secs: secs / cpus as f64,
         gaps_per_sec: gaps as f64 / secs,
-        stalled_percent: 100.0 * stalled / secs,
-        longest_ms: longest.as_secs_f64() * 1e3,
+        stalled_percent: 100.0 * stalled_ms / (secs * 1e3),
+        longest_ms,
     }
 }
 
@@ -157,7 +148,7 @@ fn probe_stalls(cpus: &[usize], probe: Duration) -> io::Result<Stalls> {
                 .spawn(move || {
                     pin_to(cpu);
                     let start = Instant::now();
-                    let mut tally = GapTally::new(STALL_GAP, start);
+                    let mut tally = GapTally::new(start);
                     loop {
                         let now = Instant::now();
                         tally.observe(now);
@@ -323,7 +314,7 @@ mod tests {
     fn only_gaps_of_a_millisecond_or_more_count_as_stalls() {
         let t0 = Instant::now();
         let at = |us: u64| t0 + Duration::from_micros(us);
-        let mut cpu0 = GapTally::new(STALL_GAP, t0);
+        let mut cpu0 = GapTally::new(t0);
         // Readings 0.2 ms apart for a second, with one 5 ms and one 1 ms gap among them.
         let mut now = 0;
         while now < 1_000_000 {
@@ -334,11 +325,11 @@ mod tests {
             };
             cpu0.observe(at(now));
         }
-        assert_eq!(cpu0.gaps, 2);
-        assert_eq!(cpu0.stalled, Duration::from_micros(6_000));
-        assert_eq!(cpu0.longest, Duration::from_millis(5));
+        assert_eq!(cpu0.gaps.late_wakeups, 2);
+        assert!((cpu0.gaps.late_ms - 6.0).abs() < 1e-9, "{cpu0:?}");
+        assert!((cpu0.gaps.longest_ms - 5.0).abs() < 1e-9, "{cpu0:?}");
         // A second CPU without a gap halves the per-CPU rate and the stalled share.
-        let mut cpu1 = GapTally::new(STALL_GAP, t0);
+        let mut cpu1 = GapTally::new(t0);
         for step in 1..=5_000 {
             cpu1.observe(at(step * 200));
         }

@@ -37,7 +37,7 @@ use crate::miner::{
     StratumUrl,
 };
 use crate::process::{find_binary, free_port, metric_sum, scrape, ManagedProcess};
-use crate::stall_watch::{StallWatch, Stalled};
+use crate::stall_watch::{HostStallsDuringRun, StallWatch, Stalled};
 use crate::storm::{read_worker_report, PhaseStats, StormReport, StormSpec, WorkerReport};
 use crate::synthetic_core::EDGE_ID;
 use crate::tcp_impair::{TcpImpairment, TcpProxy};
@@ -604,36 +604,6 @@ pub struct Sample {
     pub host_stalls: Stalled,
 }
 
-/// The host's stalls over the whole run (see [`crate::stall_watch`]).
-#[derive(Clone, Debug, Serialize)]
-pub struct HostStallsDuringRun {
-    /// The watcher ran at real-time priority: its lateness was the host's alone. Otherwise it
-    /// includes waiting behind the run's own busy threads.
-    pub realtime: bool,
-    pub stalls: Stalled,
-    /// Late time as a share of the run (percent).
-    pub stalled_percent: f64,
-}
-
-impl std::fmt::Display for HostStallsDuringRun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} wake-ups of {} were 1 ms or more late, {:.0} ms in all ({:.2}% of the run), longest {:.1} ms{}",
-            self.stalls.late_wakeups,
-            self.stalls.wakeups,
-            self.stalls.late_ms,
-            self.stalled_percent,
-            self.stalls.longest_ms,
-            if self.realtime {
-                ""
-            } else {
-                " (not real-time: includes waiting for busy CPUs)"
-            }
-        )
-    }
-}
-
 /// The edge process's resources (from /proc).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct EdgeResources {
@@ -877,7 +847,6 @@ pub fn run(
             None
         }
     };
-    let watch_started = Instant::now();
     let mut storm = s.storm.as_ref().map(|spec| {
         StormRun::new(
             spec,
@@ -955,15 +924,7 @@ pub fn run(
         }
     });
     rig.set_blackout(false);
-    let host_stalls_during_run = stall_watch.as_mut().map(|w| {
-        let stalls = w.whole_run();
-        HostStallsDuringRun {
-            realtime: w.realtime(),
-            stalls,
-            stalled_percent: 0.1 * stalls.late_ms / watch_started.elapsed().as_secs_f64().max(1e-3),
-        }
-    });
-    drop(stall_watch);
+    let host_stalls_during_run = stall_watch.map(StallWatch::finish);
     let mut hostile_report = hostile.map(HostileClients::finish);
     if let Some(e) = failure {
         return Err(e.context("a process of the stack died during the run"));

@@ -20,15 +20,16 @@ use std::time::{Duration, Instant};
 /// How often the watcher asks to be woken. Fine enough to see a 2 ms stall, coarse enough to cost
 /// well under 1% of a CPU.
 const PERIOD: Duration = Duration::from_millis(1);
-/// Lateness counted as a stall (as [`crate::host_speed`]'s probe counts gaps).
-const LATE: Duration = Duration::from_millis(1);
+/// A wait counted as a stall, here and by [`crate::host_speed`]'s probe: far above the clock's
+/// own cost (tens of ns) and a timer tick's work, and half the 2 ms latency budget of `steady`.
+pub const STALL: Duration = Duration::from_millis(1);
 
 /// Late wake-ups over an interval.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Stalled {
     /// Wake-ups in all.
     pub wakeups: u64,
-    /// Wake-ups [`LATE`] or more after they were due.
+    /// Wake-ups [`STALL`] or more after they were due.
     pub late_wakeups: u64,
     /// Their lateness, summed (ms).
     pub late_ms: f64,
@@ -37,42 +38,24 @@ pub struct Stalled {
 }
 
 impl Stalled {
+    /// Notes one wake-up that came `late` after it was due (for the spinning probe: one clock
+    /// reading, `late` after the one before). Kept apart from the clock and the sleeping so the
+    /// arithmetic is tested with made-up durations.
+    pub(crate) fn note(&mut self, late: Duration) {
+        self.wakeups += 1;
+        if late >= STALL {
+            let ms = late.as_secs_f64() * 1e3;
+            self.late_wakeups += 1;
+            self.late_ms += ms;
+            self.longest_ms = self.longest_ms.max(ms);
+        }
+    }
+
     fn add(&mut self, o: &Stalled) {
         self.wakeups += o.wakeups;
         self.late_wakeups += o.late_wakeups;
         self.late_ms += o.late_ms;
         self.longest_ms = self.longest_ms.max(o.longest_ms);
-    }
-}
-
-/// Counts late wake-ups. Kept apart from the clock and the sleeping so the arithmetic is tested
-/// with made-up instants.
-#[derive(Debug)]
-struct LatenessTally {
-    now: Stalled,
-}
-
-impl LatenessTally {
-    fn new() -> Self {
-        LatenessTally {
-            now: Stalled::default(),
-        }
-    }
-
-    /// A wake-up due at `due` that happened at `woke`.
-    fn woke(&mut self, due: Instant, woke: Instant) {
-        let late = woke.saturating_duration_since(due);
-        self.now.wakeups += 1;
-        if late >= LATE {
-            let ms = late.as_secs_f64() * 1e3;
-            self.now.late_wakeups += 1;
-            self.now.late_ms += ms;
-            self.now.longest_ms = self.now.longest_ms.max(ms);
-        }
-    }
-
-    fn take(&mut self) -> Stalled {
-        std::mem::take(&mut self.now)
     }
 }
 
@@ -88,11 +71,42 @@ fn next_due(due: Instant, woke: Instant) -> Instant {
     }
 }
 
+/// The host's stalls over a whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostStallsDuringRun {
+    /// The watcher ran at real-time priority: its lateness was the host's alone. Otherwise it
+    /// includes waiting behind the run's own busy threads.
+    pub realtime: bool,
+    pub stalls: Stalled,
+    /// Late time as a share of the run (percent).
+    pub stalled_percent: f64,
+}
+
+impl std::fmt::Display for HostStallsDuringRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} wake-ups of {} were 1 ms or more late, {:.0} ms in all ({:.2}% of the run), longest {:.1} ms{}",
+            self.stalls.late_wakeups,
+            self.stalls.wakeups,
+            self.stalls.late_ms,
+            self.stalled_percent,
+            self.stalls.longest_ms,
+            if self.realtime {
+                ""
+            } else {
+                " (not real-time: includes waiting for busy CPUs)"
+            }
+        )
+    }
+}
+
 /// The watcher thread of one run; stops when dropped.
 pub struct StallWatch {
     stop: Arc<AtomicBool>,
-    tally: Arc<parking_lot::Mutex<LatenessTally>>,
+    tally: Arc<parking_lot::Mutex<Stalled>>,
     whole_run: Stalled,
+    started: Instant,
     realtime: bool,
     thread: Option<JoinHandle<()>>,
 }
@@ -100,7 +114,7 @@ pub struct StallWatch {
 impl StallWatch {
     pub fn start() -> std::io::Result<StallWatch> {
         let stop = Arc::new(AtomicBool::new(false));
-        let tally = Arc::new(parking_lot::Mutex::new(LatenessTally::new()));
+        let tally = Arc::new(parking_lot::Mutex::new(Stalled::default()));
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = {
             let stop = stop.clone();
@@ -113,7 +127,7 @@ impl StallWatch {
                     while !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(due.saturating_duration_since(Instant::now()));
                         let woke = Instant::now();
-                        tally.lock().woke(due, woke);
+                        tally.lock().note(woke.saturating_duration_since(due));
                         due = next_due(due, woke);
                     }
                 })?
@@ -123,28 +137,34 @@ impl StallWatch {
             stop,
             tally,
             whole_run: Stalled::default(),
+            started: Instant::now(),
             realtime,
             thread: Some(thread),
         })
     }
 
-    /// Whether the watcher runs ahead of everything else (`SCHED_FIFO`): only then is its
-    /// lateness the host's alone.
-    pub fn realtime(&self) -> bool {
-        self.realtime
-    }
-
     /// The late wake-ups since the previous call.
     pub fn take_interval(&mut self) -> Stalled {
-        let s = self.tally.lock().take();
+        let s = std::mem::take(&mut *self.tally.lock());
         self.whole_run.add(&s);
         s
     }
 
     /// Everything noted so far, also what no interval took yet.
-    pub fn whole_run(&mut self) -> Stalled {
+    fn whole_run(&mut self) -> Stalled {
         self.take_interval();
         self.whole_run
+    }
+
+    /// Stops the watcher and sums up the run.
+    pub fn finish(mut self) -> HostStallsDuringRun {
+        let stalls = self.whole_run();
+        let watched_ms = self.started.elapsed().as_secs_f64().max(1e-3) * 1e3;
+        HostStallsDuringRun {
+            realtime: self.realtime,
+            stalls,
+            stalled_percent: 100.0 * stalls.late_ms / watched_ms,
+        }
     }
 }
 
@@ -173,20 +193,18 @@ mod tests {
 
     #[test]
     fn only_wake_ups_a_millisecond_late_or_more_count() {
-        let t0 = Instant::now();
-        let ms = |m: f64| t0 + Duration::from_secs_f64(m / 1e3);
-        let mut t = LatenessTally::new();
-        t.woke(ms(1.0), ms(1.05));
-        t.woke(ms(2.0), ms(2.9));
-        t.woke(ms(3.0), ms(7.0));
-        t.woke(ms(8.0), ms(9.5));
-        let s = t.take();
+        let ms = |m: f64| Duration::from_secs_f64(m / 1e3);
+        let mut s = Stalled::default();
+        for late in [0.05, 0.9, 4.0, 1.5] {
+            s.note(ms(late));
+        }
         assert_eq!(s.wakeups, 4);
         assert_eq!(s.late_wakeups, 2);
         assert!((s.late_ms - 5.5).abs() < 1e-6, "{s:?}");
         assert!((s.longest_ms - 4.0).abs() < 1e-6, "{s:?}");
-        // Taken means gone.
-        assert_eq!(t.take(), Stalled::default());
+        // Exactly the threshold counts.
+        s.note(STALL);
+        assert_eq!(s.late_wakeups, 3);
     }
 
     #[test]
@@ -206,8 +224,8 @@ mod tests {
         assert!(s.wakeups >= 5, "{s:?}");
         assert!(s.late_wakeups <= s.wakeups, "{s:?}");
         std::thread::sleep(Duration::from_millis(20));
-        let whole = w.whole_run();
-        assert!(whole.wakeups > s.wakeups, "{whole:?} after {s:?}");
-        drop(w);
+        let run = w.finish();
+        assert!(run.stalls.wakeups > s.wakeups, "{run:?} after {s:?}");
+        assert!((0.0..=100.0).contains(&run.stalled_percent), "{run:?}");
     }
 }

@@ -32,6 +32,13 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// The indexes a batch keeps while it is built and encoded are hashed for every share (its
+/// job, worker and session): SipHash showed in the edge uplink's profile at 50,000 shares/s.
+/// foldhash is several times cheaper on short keys and is seeded at random per process, so a
+/// miner cannot choose worker names that collide in advance; a batch also bounds every index.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
+
 /// Most share records in one batch.
 pub const MAX_BATCH_RECORDS: usize = 65_535;
 /// Most distinct jobs in one batch (record keys index them with a small radix).
@@ -176,10 +183,10 @@ impl Batch {
         }
         let base_received_ms = shares.iter().map(|s| s.received_at_ms).min().unwrap_or(0);
         let mut jobs: Vec<BatchJob> = Vec::new();
-        let mut job_index: HashMap<&JobId, u8> = HashMap::new();
+        let mut job_index: FastMap<&JobId, u8> = FastMap::default();
         let mut difficulties: Vec<Difficulty> = Vec::new();
         let mut workers: Vec<Arc<str>> = Vec::new();
-        let mut worker_index: HashMap<&str, u16> = HashMap::new();
+        let mut worker_index: FastMap<&str, u16> = FastMap::default();
         let mut records = Vec::with_capacity(shares.len());
         for (i, s) in shares.iter().enumerate() {
             let rec = (|| {
@@ -397,7 +404,7 @@ impl Batch {
 
         // Sessions: distinct (worker, extranonce1 suffix) pairs in order of first use.
         let mut sessions: Vec<(u16, Extranonce)> = Vec::new();
-        let mut session_index: HashMap<(u16, Extranonce), u64> = HashMap::new();
+        let mut session_index: FastMap<(u16, Extranonce), u64> = FastMap::default();
         let mut keys = Vec::with_capacity(self.records.len());
         for (i, r) in self.records.iter().enumerate() {
             let check = || -> Result<(), WireError> {
@@ -702,9 +709,9 @@ fn apply_ntime_delta(base: u32, delta: i64) -> Result<u32, WireError> {
 pub struct BatchBuilder {
     ctx: BatchContext,
     shares: Vec<ShareData>,
-    jobs: HashMap<JobId, usize>,
+    jobs: FastMap<JobId, usize>,
     difficulties: Vec<u64>,
-    workers: HashSet<Arc<str>>,
+    workers: FastSet<Arc<str>>,
     /// Upper bound on the encoded size of what is held.
     bound: usize,
 }
@@ -732,9 +739,9 @@ impl BatchBuilder {
         BatchBuilder {
             ctx,
             shares: Vec::new(),
-            jobs: HashMap::new(),
+            jobs: FastMap::default(),
             difficulties: Vec::new(),
-            workers: HashSet::new(),
+            workers: FastSet::default(),
             bound: HEADER_BOUND,
         }
     }

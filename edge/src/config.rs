@@ -43,6 +43,9 @@ pub fn load_toml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
     })
 }
 
+/// A connector turn is tens of µs; the kernel's floor is 100 µs.
+pub const DEFAULT_SCHED_SLICE_US: u64 = 200;
+
 /// `[stratum]`: the miner-facing port.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,6 +54,9 @@ pub struct StratumSection {
     pub listen: SocketAddr,
     /// Connector threads; 0 = one per core.
     pub threads: usize,
+    /// Scheduler slice the connector threads ask for, µs (Linux 6.12+, see
+    /// `edge::sched_slice`); 0 leaves the kernel's default.
+    pub sched_slice_us: u64,
     pub start_difficulty: f64,
     pub min_difficulty: f64,
     pub max_difficulty: f64,
@@ -68,6 +74,7 @@ impl Default for StratumSection {
         StratumSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 3333)),
             threads: 0,
+            sched_slice_us: DEFAULT_SCHED_SLICE_US,
             start_difficulty: 1.0,
             min_difficulty: 0.001,
             max_difficulty: 1e12,
@@ -156,6 +163,16 @@ pub fn server_config(
                 format!("'{}' is not a hex mask", stratum.version_mask),
             )
         })?;
+    if stratum.sched_slice_us != 0 && !(100..=100_000).contains(&stratum.sched_slice_us) {
+        return Err(invalid(
+            file,
+            "stratum.sched_slice_us",
+            format!(
+                "{} is outside the kernel's 100..=100000 µs (0 keeps its default)",
+                stratum.sched_slice_us
+            ),
+        ));
+    }
     if limits.max_line_bytes < 512 {
         return Err(invalid(
             file,
@@ -180,6 +197,8 @@ pub fn server_config(
     Ok(ServerConfig {
         listen: stratum.listen,
         threads: stratum.threads,
+        sched_slice: (stratum.sched_slice_us > 0)
+            .then(|| Duration::from_micros(stratum.sched_slice_us)),
         max_connections: limits.max_connections,
         max_connections_per_ip: limits.max_connections_per_ip,
         max_line_bytes: limits.max_line_bytes,
@@ -268,5 +287,26 @@ mod tests {
         let c = load("").unwrap();
         assert_eq!(c.session.version_mask, VersionMask(0x1fffe000));
         assert_eq!(c.max_connections, 15_000);
+        assert_eq!(c.sched_slice, Some(Duration::from_micros(200)));
+    }
+
+    #[test]
+    fn a_scheduler_slice_is_the_kernel_s_default_at_zero_and_refused_outside_its_bounds() {
+        assert_eq!(
+            load("[stratum]\nsched_slice_us = 0\n").unwrap().sched_slice,
+            None
+        );
+        assert_eq!(
+            load("[stratum]\nsched_slice_us = 100\n")
+                .unwrap()
+                .sched_slice,
+            Some(Duration::from_micros(100))
+        );
+        for bad in [50, 100_001] {
+            let e = load(&format!("[stratum]\nsched_slice_us = {bad}\n")).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains("stratum.sched_slice_us"), "{msg}");
+            assert!(msg.contains("100..=100000"), "{msg}");
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod edge_config;
 pub mod fallback;
 pub mod inbox;
 pub mod jobs;
+pub mod sched_slice;
 pub mod server;
 pub mod session;
 pub mod share;

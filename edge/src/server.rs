@@ -7,6 +7,7 @@
 //! work arrives as an immutable [`JobBook`] snapshot on each connector's channel.
 
 use crate::jobs::{JobBook, JobEntry};
+use crate::sched_slice::SliceOutcome;
 use crate::session::{CloseReason, Session, SessionConfig};
 use crate::share::{ShareEvent, ShareSink};
 use crate::slots::SlotAllocator;
@@ -32,6 +33,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Connector threads; 0 means one per core.
     pub threads: usize,
+    /// The scheduler slice connector threads ask for (see [`crate::sched_slice`]); `None`
+    /// keeps the kernel's default.
+    pub sched_slice: Option<Duration>,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     pub max_line_bytes: usize,
@@ -51,6 +55,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3333)),
             threads: 0,
+            sched_slice: None,
             max_connections: 15_000,
             max_connections_per_ip: 20_000,
             max_line_bytes: relay::stratum::DEFAULT_MAX_LINE,
@@ -257,7 +262,10 @@ pub fn start_with_spool(
         handles.push(
             std::thread::Builder::new()
                 .name(format!("stratum-conn-{i}"))
-                .spawn(move || c.run())?,
+                .spawn(move || {
+                    c.request_sched_slice(i);
+                    c.run()
+                })?,
         );
     }
     apoll
@@ -591,15 +599,48 @@ const LANE_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Connections sent a new job per loop turn. A job is a 1.3 KB notify per connection; sent to
 /// all 5,000 of a thread's connections in one pass it held their answers for hundreds of ms.
 const BROADCAST_SLICE: usize = 256;
-/// Ready sockets one loop turn handles. A turn's answers leave together at its end (after the
-/// lane write), so the first miner read in a turn waits for the whole turn: 1,024 submits at
-/// ~8 µs each held answers ~8 ms. The per-turn costs (`epoll_wait`, one lane write, one uplink
-/// wake-up) are ~20 µs, under 0.1 µs a share at this size.
+/// Ready sockets one loop turn asks the kernel for. The per-turn cost (`epoll_wait`) is a few
+/// µs, nothing a share at this size.
 const TURN_EVENTS: usize = 256;
+/// Ready sockets served before their answers leave (after one lane write for their shares). An
+/// answer waits for every socket served before it in its chunk: a connector that fell behind
+/// (preempted, or after a broadcast) finds a full turn of 256 ready sockets, and when a turn's
+/// answers all left at its end the first miner read waited the whole turn, ~4 ms at ~15 µs a
+/// submit. In chunks of 32 that wait is under 0.5 ms, for one more lane write per 32 shares in
+/// such turns (ordinary turns hold a handful of sockets and pay nothing).
+const ANSWER_CHUNK: usize = 32;
 /// Connections closed per loop turn when many hang up at once.
 const CLOSE_SLICE: usize = 256;
 
 impl Connector {
+    fn request_sched_slice(&self, index: usize) {
+        let Some(slice) = self.cfg.sched_slice else {
+            return;
+        };
+        // The first connector speaks for all: they ask for the same thing of the same kernel.
+        match crate::sched_slice::request_slice(slice) {
+            Ok(SliceOutcome::Granted(s)) if index == 0 => {
+                tracing::info!(
+                    slice_us = s.as_micros() as u64,
+                    "connector threads run with a short scheduler slice"
+                );
+            }
+            Ok(SliceOutcome::Ignored) if index == 0 => {
+                tracing::info!("this kernel ignores scheduler slice requests (Linux 6.12+ honours them); connectors use its default")
+            }
+            Ok(SliceOutcome::NotFair) if index == 0 => {
+                tracing::info!(
+                    "connector threads run under a real-time policy: scheduler slice left alone"
+                )
+            }
+            Ok(_) => {}
+            Err(e) if index == 0 => {
+                tracing::warn!(error = %e, "scheduler slice request refused; connectors use the kernel's default")
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Writes this turn's accepted shares to the lane and hands them to the kernel in one write.
     /// Runs before their answers reach the sockets, so a killed edge never forgets a share it
     /// acknowledged.
@@ -721,6 +762,7 @@ impl Connector {
                     return;
                 }
             }
+            let mut served = 0usize;
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => self.drain_messages(),
@@ -729,6 +771,10 @@ impl Connector {
                             // A peer that closed (or failed) is read to the end.
                             let drain = ev.is_read_closed() || ev.is_error();
                             self.on_readable(key, &mut buf, drain);
+                            served += 1;
+                            if served.is_multiple_of(ANSWER_CHUNK) {
+                                self.finish_turn();
+                            }
                         }
                         // A dirty connection is flushed when the turn ends.
                         if ev.is_writable() && self.conns.get(key).is_some_and(|c| !c.dirty) {

@@ -8,6 +8,7 @@
 pub mod bench_proxy;
 pub mod bench_stratum;
 pub mod bench_uplink;
+pub mod box_cpu;
 pub mod cli;
 pub mod exactly_once;
 pub mod host_speed;

@@ -27,6 +27,7 @@
 
 use crate::bench_stratum::{machine, Machine};
 use crate::bench_uplink::{accepted_shares, free_udp_port, CHEAP_DIFFICULTY};
+use crate::box_cpu::{BoxCpu, BoxCpuMeter, StackPids};
 use crate::exactly_once::compare;
 use crate::host_speed::HostSpeed;
 use crate::hostile::{HostileClients, HostileReport, HostileSpec};
@@ -204,6 +205,10 @@ pub struct EdgeSpec {
     /// The edge's connector threads (`stratum.threads`); 0 = one per core.
     #[serde(default)]
     pub threads: usize,
+    /// The connectors' scheduler slice (`stratum.sched_slice_us`); unset = the edge's default,
+    /// 0 = the kernel's.
+    #[serde(default)]
+    pub sched_slice_us: Option<u64>,
 }
 
 fn default_max_connections() -> usize {
@@ -223,6 +228,7 @@ impl Default for EdgeSpec {
             ban_after_invalid: default_ban_after_invalid(),
             handshake_timeout_secs: default_handshake_timeout(),
             threads: 0,
+            sched_slice_us: None,
         }
     }
 }
@@ -556,6 +562,7 @@ start_difficulty = {d:e}
 min_difficulty = {d:e}
 max_difficulty = {d:e}
 threads = {threads}
+sched_slice_us = {slice}
 
 [limits]
 max_connections = {maxc}
@@ -574,6 +581,10 @@ listen = "{metrics}"
         ban = s.edge.ban_after_invalid,
         hs = s.edge.handshake_timeout_secs,
         threads = s.edge.threads,
+        slice = s
+            .edge
+            .sched_slice_us
+            .unwrap_or(edge::config::DEFAULT_SCHED_SLICE_US),
     )
 }
 
@@ -602,6 +613,9 @@ pub struct Sample {
     /// thread that asked to be woken every millisecond.
     #[serde(default)]
     pub host_stalls: Stalled,
+    /// Where the machine's CPU went in this second (see [`crate::box_cpu`]).
+    #[serde(default)]
+    pub box_cpu: Option<BoxCpu>,
 }
 
 /// The edge process's resources (from /proc).
@@ -636,6 +650,8 @@ pub struct ScenarioReport {
     pub host_speed: Option<HostSpeed>,
     /// The host's stalls while the miners ran.
     pub host_stalls_during_run: Option<HostStallsDuringRun>,
+    /// Where the machine's CPU went while the miners ran: stack processes, softirq, steal.
+    pub box_cpu: Option<BoxCpu>,
     pub started_unix_secs: u64,
     pub elapsed_secs: f64,
     pub miners: usize,
@@ -847,6 +863,11 @@ pub fn run(
             None
         }
     };
+    let mut box_cpu = BoxCpuMeter::start(StackPids {
+        edge: rig.edge.pid(),
+        core: rig.core.pid(),
+        harness: Some(std::process::id()),
+    });
     let mut storm = s.storm.as_ref().map(|spec| {
         StormRun::new(
             spec,
@@ -893,6 +914,7 @@ pub fn run(
                     .as_mut()
                     .map(StallWatch::take_interval)
                     .unwrap_or_default(),
+                box_cpu: box_cpu.as_mut().and_then(BoxCpuMeter::take_interval),
             });
             blackout_in_second = blackout_now;
             last = p.clone();
@@ -925,6 +947,7 @@ pub fn run(
     });
     rig.set_blackout(false);
     let host_stalls_during_run = stall_watch.map(StallWatch::finish);
+    let box_cpu = box_cpu.and_then(BoxCpuMeter::finish);
     let mut hostile_report = hostile.map(HostileClients::finish);
     if let Some(e) = failure {
         return Err(e.context("a process of the stack died during the run"));
@@ -988,6 +1011,7 @@ pub fn run(
         machine: machine(),
         host_speed,
         host_stalls_during_run,
+        box_cpu,
         started_unix_secs,
         elapsed_secs,
         miners,
@@ -1285,6 +1309,9 @@ pub fn summary(r: &ScenarioReport) -> String {
     if let Some(h) = &r.host_stalls_during_run {
         let _ = writeln!(o, "host stalls during the run: {h}");
     }
+    if let Some(c) = &r.box_cpu {
+        let _ = writeln!(o, "CPU during the run: {c}");
+    }
     let _ = writeln!(
         o,
         "link: delay {} ms, jitter {} ms, loss {}, bandwidth {} B/s, blackouts {:?}",
@@ -1504,6 +1531,29 @@ pub fn svg(r: &ScenarioReport) -> String {
             o,
             r#"<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
             points.join(" ")
+        );
+    }
+    // The machine's busy CPU on the same panel, the top of the axis standing for all its cores.
+    let busy: Vec<String> = r
+        .throughput
+        .iter()
+        .filter_map(|s| {
+            let c = s.box_cpu.as_ref()?;
+            let share = c.busy_cores / c.cpus.max(1) as f64;
+            Some(format!("{:.1},{:.1}", x(s.t_secs), y(share * ymax)))
+        })
+        .collect();
+    if !busy.is_empty() {
+        let _ = writeln!(
+            o,
+            r#"<polyline fill="none" stroke="black" stroke-dasharray="4 3" stroke-width="1" points="{}"/>"#,
+            busy.join(" ")
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{}" y="{}">dashed: machine CPU busy (top of the axis = every core)</text>"#,
+            ml + 10.0,
+            mt + 14.0
         );
     }
     let lmax = r

@@ -73,6 +73,15 @@ fn run_tiny(baseline: bool) {
         .expect("host stalls watched");
     assert!(watched.stalls.wakeups >= 1_000, "{watched:?}");
     assert!(r.throughput.iter().all(|s| s.host_stalls.wakeups > 0));
+    // The CPU budget covers the stack's three processes, and no process used more than the
+    // machine has.
+    let cpu = r.box_cpu.as_ref().expect("CPU measured");
+    for v in [cpu.edge_cores, cpu.core_cores, cpu.harness_cores] {
+        let v = v.expect("each process measured");
+        assert!(v > 0.0 && v <= cpu.cpus as f64 + 0.05, "{cpu:?}");
+    }
+    assert!(cpu.busy_cores > 0.0 && cpu.idle_cores >= 0.0, "{cpu:?}");
+    assert!(r.throughput.iter().all(|s| s.box_cpu.is_some()));
     for f in ["report.json", "summary.txt", "throughput.svg"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }

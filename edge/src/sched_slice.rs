@@ -25,7 +25,7 @@ pub enum SliceOutcome {
     Granted(Duration),
     /// The kernel took the request but reports no slice of its own (before 6.12).
     Ignored,
-    /// The thread runs under a real-time or deadline policy an operator chose: left alone.
+    /// The thread runs under a real-time, deadline or idle policy an operator chose: left alone.
     NotFair,
 }
 

@@ -603,7 +603,7 @@ const LANE_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// and cost one more `epoll_wait` per 32 notifies; the broadcast takes as long as before.
 const BROADCAST_SLICE: usize = 32;
 /// Ready sockets one loop turn asks the kernel for. The per-turn cost (`epoll_wait`) is a few
-/// µs, nothing a share at this size.
+/// µs, shared by up to this many sockets.
 const TURN_EVENTS: usize = 256;
 /// Ready sockets served before their answers leave (after one lane write for their shares). An
 /// answer waits for every socket served before it in its chunk: a connector that fell behind
@@ -633,7 +633,7 @@ impl Connector {
             }
             Ok(SliceOutcome::NotFair) if index == 0 => {
                 tracing::info!(
-                    "connector threads run under a real-time policy: scheduler slice left alone"
+                    "connector threads run under a policy other than the fair one (real-time, deadline or idle): scheduler slice left alone"
                 )
             }
             Ok(_) => {}

@@ -95,6 +95,8 @@ impl CpuTimes {
 pub struct StackPids {
     pub edge: Option<u32>,
     pub core: Option<u32>,
+    /// The process that runs the miners and the hostile clients; a storm's worker processes
+    /// are not in it.
     pub harness: Option<u32>,
 }
 

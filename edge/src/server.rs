@@ -620,27 +620,29 @@ impl Connector {
         let Some(slice) = self.cfg.sched_slice else {
             return;
         };
+        let outcome = crate::sched_slice::request_slice(slice);
         // The first connector speaks for all: they ask for the same thing of the same kernel.
-        match crate::sched_slice::request_slice(slice) {
-            Ok(SliceOutcome::Granted(s)) if index == 0 => {
+        if index != 0 {
+            return;
+        }
+        match outcome {
+            Ok(SliceOutcome::Granted(s)) => {
                 tracing::info!(
                     slice_us = s.as_micros() as u64,
                     "connector threads run with a short scheduler slice"
                 );
             }
-            Ok(SliceOutcome::Ignored) if index == 0 => {
+            Ok(SliceOutcome::Ignored) => {
                 tracing::info!("this kernel ignores scheduler slice requests (Linux 6.12+ honours them); connectors use its default")
             }
-            Ok(SliceOutcome::NotFair) if index == 0 => {
+            Ok(SliceOutcome::NotFair) => {
                 tracing::info!(
                     "connector threads run under a policy other than the fair one (real-time, deadline or idle): scheduler slice left alone"
                 )
             }
-            Ok(_) => {}
-            Err(e) if index == 0 => {
+            Err(e) => {
                 tracing::warn!(error = %e, "scheduler slice request refused; connectors use the kernel's default")
             }
-            Err(_) => {}
         }
     }
 

@@ -46,6 +46,13 @@ pub fn load_toml<T: DeserializeOwned>(file: &Path) -> Result<T, ConfigError> {
 /// A connector turn is tens of µs; the kernel's floor is 100 µs.
 pub const DEFAULT_SCHED_SLICE_US: u64 = 200;
 
+/// Connectors run real-time at this priority when permitted: above ordinary threads, below the
+/// kernel's own real-time threads (which run at 50), leaving room for an operator's own.
+pub const DEFAULT_REALTIME_PRIORITY: u8 = 10;
+
+/// See [`crate::server::DEFAULT_REALTIME_GATHER`].
+pub const DEFAULT_REALTIME_GATHER_US: u64 = 250;
+
 /// `[stratum]`: the miner-facing port.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -57,6 +64,11 @@ pub struct StratumSection {
     /// Scheduler slice the connector threads ask for, µs (Linux 6.12+, see
     /// `edge::sched_slice`); 0 leaves the kernel's default.
     pub sched_slice_us: u64,
+    /// `SCHED_FIFO` priority for the connector threads (see `edge::realtime`), 1..=99; 0 keeps
+    /// them fair-scheduled. Without the privilege for it they stay fair-scheduled and say so.
+    pub realtime_priority: u8,
+    /// µs a real-time connector gathers submits between turns (see `edge::pacer`).
+    pub realtime_gather_us: u64,
     pub start_difficulty: f64,
     pub min_difficulty: f64,
     pub max_difficulty: f64,
@@ -75,6 +87,8 @@ impl Default for StratumSection {
             listen: SocketAddr::from(([0, 0, 0, 0], 3333)),
             threads: 0,
             sched_slice_us: DEFAULT_SCHED_SLICE_US,
+            realtime_priority: DEFAULT_REALTIME_PRIORITY,
+            realtime_gather_us: DEFAULT_REALTIME_GATHER_US,
             start_difficulty: 1.0,
             min_difficulty: 0.001,
             max_difficulty: 1e12,
@@ -173,6 +187,27 @@ pub fn server_config(
             ),
         ));
     }
+    if stratum.realtime_priority > crate::realtime::MAX_PRIORITY {
+        return Err(invalid(
+            file,
+            "stratum.realtime_priority",
+            format!(
+                "{} is outside 1..={} (0 keeps the connectors fair-scheduled)",
+                stratum.realtime_priority,
+                crate::realtime::MAX_PRIORITY
+            ),
+        ));
+    }
+    if !(20..=5_000).contains(&stratum.realtime_gather_us) {
+        return Err(invalid(
+            file,
+            "stratum.realtime_gather_us",
+            format!(
+                "{} is outside 20..=5000 µs (a real-time connector woken for every submit spends more CPU switching than serving)",
+                stratum.realtime_gather_us
+            ),
+        ));
+    }
     if limits.max_line_bytes < 512 {
         return Err(invalid(
             file,
@@ -199,6 +234,8 @@ pub fn server_config(
         threads: stratum.threads,
         sched_slice: (stratum.sched_slice_us > 0)
             .then(|| Duration::from_micros(stratum.sched_slice_us)),
+        realtime_priority: (stratum.realtime_priority > 0).then_some(stratum.realtime_priority),
+        realtime_gather: Duration::from_micros(stratum.realtime_gather_us),
         max_connections: limits.max_connections,
         max_connections_per_ip: limits.max_connections_per_ip,
         max_line_bytes: limits.max_line_bytes,
@@ -288,6 +325,25 @@ mod tests {
         assert_eq!(c.session.version_mask, VersionMask(0x1fffe000));
         assert_eq!(c.max_connections, 15_000);
         assert_eq!(c.sched_slice, Some(Duration::from_micros(200)));
+    }
+
+    #[test]
+    fn connectors_ask_to_run_real_time_unless_told_not_to_and_bad_settings_are_named() {
+        let c = load("").unwrap();
+        assert_eq!(c.realtime_priority, Some(DEFAULT_REALTIME_PRIORITY));
+        assert_eq!(c.realtime_gather, Duration::from_micros(250));
+        let c = load("[stratum]\nrealtime_priority = 0\nrealtime_gather_us = 100\n").unwrap();
+        assert_eq!(c.realtime_priority, None);
+        assert_eq!(c.realtime_gather, Duration::from_micros(100));
+        for (key, bad) in [
+            ("realtime_priority", 100),
+            ("realtime_gather_us", 0),
+            ("realtime_gather_us", 5_001),
+        ] {
+            let e = load(&format!("[stratum]\n{key} = {bad}\n")).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.contains(&format!("stratum.{key}")), "{msg}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ pub mod edge_config;
 pub mod fallback;
 pub mod inbox;
 pub mod jobs;
+pub mod pacer;
+pub mod realtime;
 pub mod sched_slice;
 pub mod server;
 pub mod session;

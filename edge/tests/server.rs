@@ -343,3 +343,53 @@ fn wait_for(deadline: Instant, done: impl Fn() -> bool, state: impl Fn() -> Stri
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Real-time connectors gather submits between turns and send a broadcast in gathered slices:
+/// every miner still gets its answers and every job. (Where the process may not run real-time,
+/// the connectors stay fair-scheduled and this checks that fallback instead.)
+#[test]
+fn real_time_connectors_answer_every_miner_and_send_every_job() {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let server = start(
+        ServerConfig {
+            realtime_priority: Some(5),
+            realtime_gather: Duration::from_micros(500),
+            ..config()
+        },
+        tx,
+    )
+    .unwrap();
+    let j = job(1);
+    server.publish(j.clone());
+    let mut clients: Vec<Client> = (0..40)
+        .map(|_| Client::connect(server.local_addr()))
+        .collect();
+    for c in &mut clients {
+        c.login();
+    }
+    // All submits out before any answer is read, so turns find several ready sockets.
+    let nonces: Vec<u32> = clients
+        .iter()
+        .map(|c| find_share(&j, c.extranonce1, 0))
+        .collect();
+    for (c, nonce) in clients.iter_mut().zip(&nonces) {
+        c.send(&format!(
+            r#"{{"id":9,"method":"mining.submit","params":["acct.w","1","00000000","65000000","{nonce:08x}"]}}"#
+        ));
+    }
+    for c in &mut clients {
+        assert_eq!(c.recv(), r#"{"id":9,"result":true,"error":null}"#);
+    }
+    let mut accepted = 0;
+    while accepted < clients.len() {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(ShareEvent::Accepted(_)) => accepted += 1,
+            Ok(_) => {}
+            Err(e) => panic!("{accepted} of {} shares handed on: {e}", clients.len()),
+        }
+    }
+    server.publish(job(2));
+    for c in &mut clients {
+        c.recv_until("mining.notify");
+    }
+}

@@ -209,6 +209,13 @@ pub struct EdgeSpec {
     /// 0 = the kernel's.
     #[serde(default)]
     pub sched_slice_us: Option<u64>,
+    /// The connectors' real-time priority (`stratum.realtime_priority`); unset = the edge's
+    /// default, 0 = fair-scheduled (for A/B runs).
+    #[serde(default)]
+    pub realtime_priority: Option<u8>,
+    /// A real-time connector's gather time (`stratum.realtime_gather_us`); unset = the edge's.
+    #[serde(default)]
+    pub realtime_gather_us: Option<u64>,
 }
 
 fn default_max_connections() -> usize {
@@ -229,6 +236,8 @@ impl Default for EdgeSpec {
             handshake_timeout_secs: default_handshake_timeout(),
             threads: 0,
             sched_slice_us: None,
+            realtime_priority: None,
+            realtime_gather_us: None,
         }
     }
 }
@@ -563,6 +572,8 @@ min_difficulty = {d:e}
 max_difficulty = {d:e}
 threads = {threads}
 sched_slice_us = {slice}
+realtime_priority = {rt}
+realtime_gather_us = {gather}
 
 [limits]
 max_connections = {maxc}
@@ -585,6 +596,14 @@ listen = "{metrics}"
             .edge
             .sched_slice_us
             .unwrap_or(edge::config::DEFAULT_SCHED_SLICE_US),
+        rt = s
+            .edge
+            .realtime_priority
+            .unwrap_or(edge::config::DEFAULT_REALTIME_PRIORITY),
+        gather = s
+            .edge
+            .realtime_gather_us
+            .unwrap_or(edge::config::DEFAULT_REALTIME_GATHER_US),
     )
 }
 

@@ -607,6 +607,23 @@ listen = "{metrics}"
     )
 }
 
+/// Accepted shares a second over the samples in which all `miners` were connected, weighted by
+/// each sample's length. The last sample is left out: it holds the drain.
+pub fn sustained_rate(samples: &[Sample], miners: usize) -> Option<f64> {
+    let body = samples.split_last().map_or(&[][..], |(_, rest)| rest);
+    let mut prev_t = 0.0;
+    let (mut accepted, mut secs) = (0.0, 0.0);
+    for s in body {
+        let dt = s.t_secs - prev_t;
+        prev_t = s.t_secs;
+        if miners > 0 && s.connected >= miners as i64 && dt > 0.0 {
+            accepted += s.accepted_per_sec * dt;
+            secs += dt;
+        }
+    }
+    (secs >= 1.0).then(|| accepted / secs)
+}
+
 /// One second of the run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Sample {
@@ -648,6 +665,11 @@ pub struct EdgeResources {
     pub vm_hwm_kib: u64,
     /// (peak RSS − idle RSS) / peak connections.
     pub rss_bytes_per_connection: f64,
+    /// How the kernel schedules the edge's connector threads, read from `/proc` after the run,
+    /// e.g. "real-time SCHED_FIFO 10 (2 threads)" or "fair (2 threads)": unprivileged runs are
+    /// fair-scheduled and their tails are not comparable.
+    #[serde(default)]
+    pub connector_scheduling: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -683,6 +705,10 @@ pub struct ScenarioReport {
     pub rejected_by_reason: BTreeMap<String, u64>,
     pub unexpected_rejects: u64,
     pub accepted_per_sec: f64,
+    /// Accepted shares a second while every miner was connected: the rate the stack sustained,
+    /// without the ramp-up and the drain that `accepted_per_sec` averages in. `None` if the
+    /// miners were never all connected for a whole second.
+    pub sustained_accepted_per_sec: Option<f64>,
     /// `mining.submit` → answer, as the miners measured it (HDR histogram), microseconds.
     pub submit_latency_us: LatencySummary,
     pub throughput: Vec<Sample>,
@@ -744,6 +770,50 @@ pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
     let utime: f64 = f.get(11)?.parse().ok()?;
     let stime: f64 = f.get(12)?.parse().ok()?;
     Some((utime + stime) / clock_ticks())
+}
+
+/// (policy, real-time priority) from a `/proc/.../stat` line: fields 41 and 40 of proc(5).
+pub fn stat_policy(stat: &str) -> Option<(u32, u32)> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    Some((f.get(38)?.parse().ok()?, f.get(37)?.parse().ok()?))
+}
+
+/// How the threads of `pid` named `prefix…` are scheduled, in words; `None` if it has none.
+pub fn thread_scheduling(pid: u32, prefix: &str) -> Option<String> {
+    let mut seen: BTreeMap<(u32, u32), usize> = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        if let Some(p) = std::fs::read_to_string(dir.join("stat"))
+            .ok()
+            .as_deref()
+            .and_then(stat_policy)
+        {
+            *seen.entry(p).or_default() += 1;
+        }
+    }
+    let words: Vec<String> = seen
+        .into_iter()
+        .map(|((policy, prio), n)| {
+            let what = match policy {
+                1 => format!("real-time SCHED_FIFO {prio}"),
+                2 => format!("real-time SCHED_RR {prio}"),
+                0 | 3 => "fair".to_string(),
+                5 => "idle".to_string(),
+                6 => "deadline".to_string(),
+                other => format!("policy {other}"),
+            };
+            format!("{what} ({n} thread{})", if n == 1 { "" } else { "s" })
+        })
+        .collect();
+    (!words.is_empty()).then(|| words.join(", "))
 }
 
 /// (VmRSS, VmHWM) of a process, KiB.
@@ -993,6 +1063,7 @@ pub fn run(
     };
     let elapsed_secs = stats.elapsed_secs;
     let cpu_secs = proc_cpu_secs(edge_pid).unwrap_or(cpu0) - cpu0;
+    let connector_scheduling = thread_scheduling(edge_pid, "stratum-conn");
     let (rss_end, hwm) = proc_rss_kib(edge_pid).unwrap_or((0, 0));
     peak_rss = peak_rss.max(rss_end);
     let core_credited = rig.core_metric("quarry_core_shares_credited_total")? as u64;
@@ -1041,6 +1112,7 @@ pub fn run(
         rejected_by_reason,
         unexpected_rejects: stats.shares.unexpected_rejects,
         accepted_per_sec: stats.accepted_per_sec(),
+        sustained_accepted_per_sec: sustained_rate(&samples, miners),
         submit_latency_us: stats.latency_us.clone(),
         throughput: samples,
         core_credited,
@@ -1062,6 +1134,7 @@ pub fn run(
             vm_hwm_kib: hwm,
             rss_bytes_per_connection: (peak_rss.saturating_sub(rss_idle) * 1024) as f64
                 / peak_connected.max(1) as f64,
+            connector_scheduling,
         },
         hostile: hostile_report,
         storm: storm_report,
@@ -1352,6 +1425,13 @@ pub fn summary(r: &ScenarioReport) -> String {
         r.accepted_per_sec,
         r.unexpected_rejects
     );
+    if let Some(rate) = r.sustained_accepted_per_sec {
+        let _ = writeln!(
+            o,
+            "  sustained with all {} miners connected: {rate:.0} accepted/s",
+            r.miners
+        );
+    }
     for (reason, n) in &r.rejected_by_reason {
         let _ = writeln!(o, "  rejected {reason}: {n}");
     }
@@ -1400,6 +1480,9 @@ pub fn summary(r: &ScenarioReport) -> String {
         "edge: CPU {:.1} s ({:.0}% of a core), RSS idle {} KiB, peak {} KiB, {:.0} B per connection",
         e.cpu_secs, e.cpu_percent, e.rss_kib_idle, e.rss_kib_peak, e.rss_bytes_per_connection
     );
+    if let Some(how) = &e.connector_scheduling {
+        let _ = writeln!(o, "  edge connectors scheduled: {how}");
+    }
     if let Some(h) = &r.hostile {
         let _ = writeln!(o, "hostile: {h}");
     }
@@ -1648,6 +1731,49 @@ fn xml_escape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn this_thread_s_scheduling_is_read_from_proc() {
+        let me = std::process::id();
+        std::thread::Builder::new()
+            .name("sched-probe".into())
+            .spawn(move || {
+                let words = super::thread_scheduling(me, "sched-probe").expect("found");
+                assert_eq!(words, "fair (1 thread)");
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(super::thread_scheduling(me, "no-such-thread"), None);
+        // A command name with spaces and parentheses does not shift the fields.
+        let stat = "7 (a (b) c) S 1 7 7 0 -1 4194560 1 0 0 0 0 0 0 0 20 0 1 0 1 1 1 1 1 1 1 1 \
+                    1 0 0 0 0 0 0 0 17 1 10 1 0 0 0";
+        assert_eq!(super::stat_policy(stat), Some((1, 10)));
+    }
+
+    #[test]
+    fn the_sustained_rate_covers_only_the_seconds_with_every_miner_connected() {
+        let at = |t_secs: f64, connected: i64, accepted_per_sec: f64| super::Sample {
+            t_secs,
+            connected,
+            accepted_per_sec,
+            ..Default::default()
+        };
+        // Ramp, two full seconds (one of them 2 s long), then the drain.
+        let samples = [
+            at(1.0, 50, 1_000.0),
+            at(2.0, 100, 9_000.0),
+            at(4.0, 100, 12_000.0),
+            at(5.0, 0, 100.0),
+        ];
+        let rate = super::sustained_rate(&samples, 100).expect("two full samples");
+        assert!(
+            (rate - (9_000.0 + 2.0 * 12_000.0) / 3.0).abs() < 1e-6,
+            "{rate}"
+        );
+        assert_eq!(super::sustained_rate(&samples[..2], 100), None);
+        assert_eq!(super::sustained_rate(&samples, 101), None);
+    }
+
     use super::*;
 
     const TINY: &str = r#"

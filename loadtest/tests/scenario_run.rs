@@ -82,6 +82,20 @@ fn run_tiny(baseline: bool) {
     }
     assert!(cpu.busy_cores > 0.0 && cpu.idle_cores >= 0.0, "{cpu:?}");
     assert!(r.throughput.iter().all(|s| s.box_cpu.is_some()));
+    if !baseline {
+        // The edge's connectors ask to run real-time by default; root may, others may not.
+        let how = r.edge.connector_scheduling.as_deref().expect("read");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert!(how.starts_with("real-time SCHED_FIFO 10"), "{how}");
+        } else {
+            assert!(how.starts_with("fair"), "{how}");
+        }
+        let rate = r
+            .sustained_accepted_per_sec
+            .expect("all miners were connected");
+        assert!(rate > 0.0, "{rate}");
+    }
     for f in ["report.json", "summary.txt", "throughput.svg"] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }

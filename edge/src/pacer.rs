@@ -7,6 +7,11 @@
 //! 1.0 cores at 50,000 shares/s and filled the machine. So after a turn that served miners it
 //! sleeps a fixed gather time and then serves everything that came in one turn: a latency
 //! bounded by the gather instead of by the scheduler, at a few thousand wake-ups a second.
+//!
+//! Gathering only pays when submits come faster than one per gather: a small farm's connector,
+//! woken a few hundred times a second, would only add the gather to every answer (measured
+//! here, 1,000 miners: p50 0.07 ms without, 0.28 ms with). So a real-time connector gathers
+//! only after a turn that served at least one socket per gather time since the turn before.
 
 use std::time::Duration;
 
@@ -32,6 +37,8 @@ pub struct Turn {
     /// A job broadcast or a close wave still has slices to go: a fair connector only looks for
     /// ready sockets between its slices.
     pub backlog: bool,
+    /// Time since the previous turn ended: the ready sockets came in over this span.
+    pub span: Duration,
 }
 
 /// Housekeeping (idle timeouts, lane syncs) runs at least this often.
@@ -66,12 +73,18 @@ impl Pacer {
             return Wait::Poll;
         }
         match self.gather {
-            Some(g) if last.ready > 0 || last.backlog => Wait::Gather(g),
+            Some(g) if last.backlog || busy(last, g) => Wait::Gather(g),
             Some(_) => Wait::Block(IDLE_WAIT),
             None if last.backlog => Wait::Poll,
             None => Wait::Block(IDLE_WAIT),
         }
     }
+}
+
+/// Whether the turn's sockets came at least one per gather time: the next gather would
+/// then collect work rather than only delay it.
+fn busy(last: Turn, gather: Duration) -> bool {
+    last.ready > 0 && gather.saturating_mul(last.ready as u32) >= last.span
 }
 
 #[cfg(test)]
@@ -80,11 +93,18 @@ mod tests {
 
     const G: Duration = Duration::from_micros(250);
 
-    fn turn(served: usize, backlog: bool) -> Turn {
+    /// A turn that served `served` sockets that came in over `span_us`.
+    fn turn_over(served: usize, backlog: bool, span_us: u64) -> Turn {
         Turn {
             ready: served,
             backlog,
+            span: Duration::from_micros(span_us),
         }
+    }
+
+    /// A turn of a busy connector: its sockets came in during one gather.
+    fn turn(served: usize, backlog: bool) -> Turn {
+        turn_over(served, backlog, 250)
     }
 
     #[test]
@@ -103,6 +123,19 @@ mod tests {
         assert_eq!(p.next(turn(1, false)), Wait::Gather(G));
         assert_eq!(p.next(turn(TURN_EVENTS - 1, false)), Wait::Gather(G));
         assert_eq!(p.next(turn(0, true)), Wait::Gather(G));
+    }
+
+    #[test]
+    fn a_real_time_connector_woken_less_than_once_a_gather_answers_at_once() {
+        let p = Pacer::real_time(G);
+        // One submit in 400 µs (a small farm): gathering would only delay the next answer.
+        assert_eq!(p.next(turn_over(1, false, 400)), Wait::Block(IDLE_WAIT));
+        assert_eq!(p.next(turn_over(3, false, 1_000)), Wait::Block(IDLE_WAIT));
+        // One in 200 µs, or ten over a gather and a turn: the next gather collects work.
+        assert_eq!(p.next(turn_over(1, false, 200)), Wait::Gather(G));
+        assert_eq!(p.next(turn_over(10, false, 400)), Wait::Gather(G));
+        // A broadcast or close wave still gathers between its slices, however quiet.
+        assert_eq!(p.next(turn_over(0, true, 100_000)), Wait::Gather(G));
     }
 
     #[test]

@@ -796,6 +796,7 @@ impl Connector {
         let mut buf = vec![0u8; 64 * 1024];
         let mut last_tick = Instant::now();
         let mut last = Turn::default();
+        let mut last_end = Instant::now();
         while !self.shutdown.load(Ordering::Relaxed) {
             let wait = match self.pacer.next(last) {
                 Wait::Block(d) => d,
@@ -835,11 +836,13 @@ impl Connector {
             self.finish_turn();
             self.broadcast_slice();
             self.close_slice();
+            let now = Instant::now();
             last = Turn {
                 ready: events.iter().count(),
                 backlog: !self.broadcast.is_empty() || !self.closing.is_empty(),
+                span: now.duration_since(last_end),
             };
-            let now = Instant::now();
+            last_end = now;
             self.sync_lane(now, false);
             self.trim_lane(now, false);
             if now.duration_since(last_tick) >= Duration::from_secs(1) {

@@ -67,7 +67,8 @@ pub struct StratumSection {
     /// `SCHED_FIFO` priority for the connector threads (see `edge::realtime`), 1..=99; 0 keeps
     /// them fair-scheduled. Without the privilege for it they stay fair-scheduled and say so.
     pub realtime_priority: u8,
-    /// µs a real-time connector gathers submits between turns (see `edge::pacer`).
+    /// µs a busy real-time connector gathers submits between turns (see `edge::pacer`); it
+    /// gathers only while submits come faster than one per this time.
     pub realtime_gather_us: u64,
     pub start_difficulty: f64,
     pub min_difficulty: f64,

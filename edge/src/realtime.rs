@@ -6,10 +6,11 @@
 //! even with a short slice ([`crate::sched_slice`]). That wait, not the work, set the edge's
 //! latency tail on a shared machine. A `SCHED_FIFO` thread preempts every fair-class thread the
 //! moment it wakes. The price is that it is woken for every submit, and a wake-up per share costs
-//! more than serving it; so a real-time connector also gathers (see [`crate::pacer`]): after a
-//! turn that served miners it sleeps a fixed short time and serves what came meanwhile in one
-//! turn. The gather also bounds the CPU a real-time connector can take from the rest of the
-//! machine: it never runs twice in a row without sleeping.
+//! more than serving it; so a busy real-time connector also gathers (see [`crate::pacer`]):
+//! once submits come faster than one per gather time, it sleeps that long after each turn and
+//! serves what came meanwhile in one turn. The gather also bounds the CPU a real-time connector
+//! can take from the rest of the machine: it runs without sleeping only while every turn finds
+//! a full load of ready sockets.
 //!
 //! Needs `CAP_SYS_NICE` or an `RLIMIT_RTPRIO` at least the priority asked for (systemd:
 //! `LimitRTPRIO=`); without either the kernel refuses and the connector stays fair-scheduled.

@@ -44,7 +44,18 @@ fn a_storm_is_served_up_to_the_limit_and_refused_beyond_it() {
     .expect("scenario run");
     write_outputs(&r, &dir).expect("outputs");
     let st = r.storm.as_ref().expect("storm report");
-    eprintln!("{}", loadtest::scenario::summary(&r));
+    let text = loadtest::scenario::summary(&r);
+    eprintln!("{text}");
+    // The refusals are listed by how they came; the served ones are counted once, elsewhere.
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("served "))
+        .expect("a storm line");
+    assert!(
+        line.contains(&format!("refused {} (", st.refused)),
+        "{line}"
+    );
+    assert!(!line.contains("Served"), "{line}");
     assert_eq!(st.attempts, 400);
     assert_eq!(st.honest_connected_at_start, 20);
     assert_eq!(

@@ -39,7 +39,7 @@ use crate::miner::{
 };
 use crate::process::{find_binary, free_port, metric_sum, scrape, ManagedProcess};
 use crate::stall_watch::{HostStallsDuringRun, StallWatch, Stalled};
-use crate::storm::{read_worker_report, Outcome, PhaseStats, StormReport, StormSpec, WorkerReport};
+use crate::storm::{read_worker_report, PhaseStats, StormReport, StormSpec, WorkerReport};
 use crate::synthetic_core::EDGE_ID;
 use crate::tcp_impair::{TcpImpairment, TcpProxy};
 use crate::udp_meter::UdpMeter;
@@ -1512,11 +1512,11 @@ fn storm_summary(o: &mut String, st: &StormReport) {
         st.attempts_per_sec,
         st.max_open_sockets_per_process
     );
-    // How the refusals came: every outcome but served and hung, which have their own figures.
+    // How the refusals that `refused` counts came.
     let refusals: Vec<String> = st
         .outcomes
         .iter()
-        .filter(|(k, _)| !matches!(k, Outcome::Served | Outcome::Hung))
+        .filter(|(k, _)| k.is_refusal())
         .map(|(k, n)| format!("{k:?} {n}"))
         .collect();
     let _ = writeln!(

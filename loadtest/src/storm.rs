@@ -141,7 +141,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn is_refusal(&self) -> bool {
+    /// The edge (or the kernel for it) turned the attempt away: what `refused` counts.
+    pub fn is_refusal(&self) -> bool {
         matches!(
             self,
             Outcome::Reset | Outcome::Eof | Outcome::ErrorLine | Outcome::ConnectRefused

@@ -4,7 +4,7 @@
 //! gather by themselves while it waits for the CPU. A real-time one ([`crate::realtime`]) gets
 //! the CPU the instant a submit lands, so left alone it would run a turn per share, paying a
 //! wake-up and two context switches for each: measured here, that took the edge from 0.67 to
-//! 1.0 cores at 50,000 shares/s and filled the machine. So after a turn that served miners it
+//! 1.0 cores at 50,000 shares/s and filled the machine. So, when busy, after each turn it
 //! sleeps a fixed gather time and then serves everything that came in one turn: a latency
 //! bounded by the gather instead of by the scheduler, at a few thousand wake-ups a second.
 //!
